@@ -1,0 +1,230 @@
+//! Audio decoding with symphonia (plus libopus for Opus), downmixed to mono by mean.
+//!
+//! Pull-based and streaming: [`AudioStream::next_chunk`] yields one packet's worth of mono
+//! samples at the source rate, so a long track never sits in memory at its source rate.
+//! Where samples start follows Essentia (MUSICNN.md step 1): MP3 gapless trimming is on
+//! (symphonia's default), MP4 edit lists are not applied (symphonia does not support them),
+//! so AAC priming samples stay in, as in Essentia.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use symphonia::core::codecs::audio::{AudioDecoder, AudioDecoderOptions};
+use symphonia::core::codecs::registry::CodecRegistry;
+use symphonia::core::errors::Error as SymErr;
+use symphonia::core::formats::probe::Hint;
+use symphonia::core::formats::{FormatOptions, FormatReader, TrackType};
+use symphonia::core::io::MediaSourceStream;
+use symphonia::core::meta::MetadataOptions;
+
+/// Why a file could not be decoded. Each message says what is wrong with the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("cannot open file: {0}")]
+    Open(#[source] std::io::Error),
+    #[error("file is empty")]
+    Empty,
+    #[error("not a supported audio file ({0}); supported: MP3, AAC in MP4/M4A, Ogg Vorbis/Opus, WebM/Matroska Opus, FLAC, WAV")]
+    UnsupportedFormat(String),
+    #[error("file has no audio track")]
+    NoAudioTrack,
+    #[error("unsupported audio codec ({0})")]
+    UnsupportedCodec(String),
+    #[error("no decodable audio in the file ({0})")]
+    NoAudio(String),
+    #[error("audio contains non-finite samples (NaN or infinity)")]
+    NonFinite,
+    #[error("sample rate changes mid-stream ({from} Hz to {to} Hz)")]
+    RateChange { from: u32, to: u32 },
+}
+
+/// What the decoder saw, for logs and benchmarks.
+#[derive(Debug, Clone, Default)]
+pub struct DecodeStats {
+    /// Packets that failed to decode and were skipped.
+    pub skipped_packets: usize,
+    /// The stream ended early with an error; what decoded before it is used.
+    pub truncated: bool,
+    /// Mono frames produced at the source rate.
+    pub frames: u64,
+}
+
+fn codecs() -> &'static CodecRegistry {
+    static REGISTRY: OnceLock<CodecRegistry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let mut registry = CodecRegistry::new();
+        symphonia::default::register_enabled_codecs(&mut registry);
+        registry.register_audio_decoder::<symphonia_adapter_libopus::OpusDecoder>();
+        registry
+    })
+}
+
+/// Give up on a file after this many packets in a row fail to decode.
+const MAX_CONSECUTIVE_BAD_PACKETS: usize = 200;
+
+/// An open audio file yielding mono samples at its own rate.
+pub struct AudioStream {
+    reader: Box<dyn FormatReader>,
+    decoder: Box<dyn AudioDecoder>,
+    track_id: u32,
+    sample_rate: u32,
+    interleaved: Vec<f32>,
+    stats: DecodeStats,
+    done: bool,
+}
+
+impl AudioStream {
+    /// Opens and probes `path`; fails if it holds no decodable audio track.
+    pub fn open(path: &Path) -> Result<Self, DecodeError> {
+        let file = File::open(path).map_err(DecodeError::Open)?;
+        if file.metadata().map(|m| m.len() == 0).unwrap_or(false) {
+            return Err(DecodeError::Empty);
+        }
+        let mss = MediaSourceStream::new(Box::new(file), Default::default());
+        let mut hint = Hint::new();
+        if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+            hint.with_extension(ext);
+        }
+        let reader = symphonia::default::get_probe()
+            .probe(
+                &hint,
+                mss,
+                FormatOptions::default(),
+                MetadataOptions::default(),
+            )
+            .map_err(|e| DecodeError::UnsupportedFormat(e.to_string()))?;
+        let track = reader
+            .default_track(TrackType::Audio)
+            .ok_or(DecodeError::NoAudioTrack)?;
+        let params = track
+            .codec_params
+            .as_ref()
+            .and_then(|p| p.audio())
+            .ok_or(DecodeError::NoAudioTrack)?;
+        let decoder = codecs()
+            .make_audio_decoder(params, &AudioDecoderOptions::default())
+            .map_err(|e| DecodeError::UnsupportedCodec(e.to_string()))?;
+        let sample_rate = params
+            .sample_rate
+            .ok_or_else(|| DecodeError::UnsupportedCodec("sample rate unknown".into()))?;
+        let track_id = track.id;
+        Ok(Self {
+            reader,
+            decoder,
+            track_id,
+            sample_rate,
+            interleaved: Vec::new(),
+            stats: DecodeStats::default(),
+            done: false,
+        })
+    }
+
+    /// Source sample rate in Hz.
+    pub fn sample_rate(&self) -> u32 {
+        self.sample_rate
+    }
+
+    /// What was decoded so far.
+    pub fn stats(&self) -> &DecodeStats {
+        &self.stats
+    }
+
+    /// Replaces `mono` with the next decoded samples. Returns `false` at the end.
+    pub fn next_chunk(&mut self, mono: &mut Vec<f32>) -> Result<bool, DecodeError> {
+        mono.clear();
+        let mut bad_in_a_row = 0;
+        while !self.done {
+            let packet = match self.reader.next_packet() {
+                Ok(Some(packet)) => packet,
+                Ok(None) | Err(SymErr::ResetRequired) => {
+                    self.done = true;
+                    break;
+                }
+                Err(e) => {
+                    // A damaged or cut-off container: keep what decoded before it.
+                    if self.stats.frames == 0 {
+                        return Err(DecodeError::NoAudio(e.to_string()));
+                    }
+                    tracing::debug!(error = %e, "stream ends early; using what decoded");
+                    self.stats.truncated = true;
+                    self.done = true;
+                    break;
+                }
+            };
+            if packet.track_id != self.track_id {
+                continue;
+            }
+            let buf = match self.decoder.decode(&packet) {
+                Ok(buf) => buf,
+                Err(SymErr::DecodeError(_)) | Err(SymErr::IoError(_)) => {
+                    self.stats.skipped_packets += 1;
+                    bad_in_a_row += 1;
+                    if bad_in_a_row >= MAX_CONSECUTIVE_BAD_PACKETS {
+                        if self.stats.frames == 0 {
+                            return Err(DecodeError::NoAudio(format!(
+                                "{bad_in_a_row} packets in a row failed to decode"
+                            )));
+                        }
+                        self.stats.truncated = true;
+                        self.done = true;
+                        break;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(DecodeError::UnsupportedCodec(e.to_string())),
+            };
+            bad_in_a_row = 0;
+            let rate = buf.spec().rate();
+            if rate != self.sample_rate {
+                return Err(DecodeError::RateChange {
+                    from: self.sample_rate,
+                    to: rate,
+                });
+            }
+            let channels = buf.spec().channels().count().max(1);
+            buf.copy_to_vec_interleaved(&mut self.interleaved);
+            downmix(&self.interleaved, channels, mono);
+            if mono.iter().any(|x| !x.is_finite()) {
+                return Err(DecodeError::NonFinite);
+            }
+            self.stats.frames += mono.len() as u64;
+            if !mono.is_empty() {
+                return Ok(true);
+            }
+        }
+        if self.stats.frames == 0 {
+            return Err(DecodeError::NoAudio("the stream holds no samples".into()));
+        }
+        Ok(false)
+    }
+}
+
+/// Mean of the channels of interleaved samples (Essentia `MonoMixer`, `downmix='mix'`).
+pub fn downmix(interleaved: &[f32], channels: usize, mono: &mut Vec<f32>) {
+    if channels == 1 {
+        mono.extend_from_slice(interleaved);
+        return;
+    }
+    let scale = 1.0 / channels as f32;
+    mono.extend(
+        interleaved
+            .chunks_exact(channels)
+            .map(|frame| frame.iter().sum::<f32>() * scale),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downmix_is_the_mean_of_channels() {
+        let mut mono = Vec::new();
+        downmix(&[1.0, 3.0, -1.0, 1.0], 2, &mut mono);
+        assert_eq!(mono, vec![2.0, 0.0]);
+        mono.clear();
+        downmix(&[0.5, 0.25], 1, &mut mono);
+        assert_eq!(mono, vec![0.5, 0.25]);
+    }
+}

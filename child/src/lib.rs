@@ -1,0 +1,14 @@
+//! The work of a chaarfm-super child process: decode audio, compute MusiCNN features,
+//! run the model. Everything here may crash on hostile input in native code (codecs,
+//! ONNX Runtime), which is why the supervisor runs it in separate processes.
+
+pub mod decode;
+pub mod features;
+pub mod infer;
+pub mod model;
+pub mod pipeline;
+pub mod resample;
+pub mod runtime;
+
+pub use infer::{Device, InferOptions, Musicnn};
+pub use pipeline::{embed_file, EmbedError, Embedding};

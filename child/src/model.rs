@@ -1,0 +1,179 @@
+//! The model manifest (`models/msd-musicnn-1.json`, compiled in) and where the model file
+//! is found: `--model PATH`, then `CHAARFM_MODEL`, then the user cache directory, then
+//! `../shared/models` (this repository's tests). The file's sha256 is checked before use.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// The manifest, compiled into the binary so the expected hash travels with the code.
+const MANIFEST_JSON: &str = include_str!("../../models/msd-musicnn-1.json");
+
+/// What the code needs to know about the model file.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub file: String,
+    pub sha256: String,
+    pub licence: String,
+    pub input: String,
+    pub embedding_output: String,
+    pub tags_output: String,
+    pub sample_rate: u32,
+    pub patch_frames: usize,
+    pub patch_hop: usize,
+    pub bands: usize,
+    pub embedding_dim: usize,
+    pub tags: Vec<String>,
+}
+
+/// The compiled-in manifest.
+pub fn manifest() -> &'static Manifest {
+    static M: OnceLock<Manifest> = OnceLock::new();
+    // The JSON is part of the source tree and checked by a unit test, so this cannot fail
+    // for a built binary.
+    M.get_or_init(|| {
+        serde_json::from_str(MANIFEST_JSON).expect("models/msd-musicnn-1.json is valid")
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model file {path} does not exist ({origin}); fix the path, or see models/README.md to fetch or convert the model")]
+    Missing { path: PathBuf, origin: &'static str },
+    #[error("no model file {file} found; looked in: {looked}. Pass --model PATH, set CHAARFM_MODEL, or see models/README.md to fetch or convert it")]
+    NotFound { file: String, looked: String },
+    #[error("cannot read model file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("model file {path} has sha256 {actual}, expected {expected}: it is corrupt or a different model; fetch it again (models/README.md)")]
+    Hash {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+}
+
+/// The user cache directory for models (`$XDG_CACHE_HOME` or `~/.cache` on Linux,
+/// `~/Library/Caches` on macOS, `%LOCALAPPDATA%` on Windows) + `chaarfm-super/models`.
+pub fn user_model_dir() -> Option<PathBuf> {
+    let base = if cfg!(windows) {
+        std::env::var_os("LOCALAPPDATA").map(PathBuf::from)
+    } else if cfg!(target_os = "macos") {
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join("Library/Caches"))
+    } else {
+        std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+    };
+    base.map(|b| b.join("chaarfm-super").join("models"))
+}
+
+/// Finds the model file. An explicit path (`--model`, `CHAARFM_MODEL`) must exist; it
+/// never falls through to another location.
+pub fn resolve(explicit: Option<&Path>) -> Result<PathBuf, ModelError> {
+    if let Some(p) = explicit {
+        return existing(p, "given with --model");
+    }
+    if let Some(p) = std::env::var_os("CHAARFM_MODEL").filter(|v| !v.is_empty()) {
+        return existing(Path::new(&p), "given by CHAARFM_MODEL");
+    }
+    let file = &manifest().file;
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    dirs.extend(user_model_dir());
+    dirs.push(PathBuf::from("../shared/models"));
+    // This repository's checkout: <repo>/child/../../shared/models.
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
+    for d in &dirs {
+        let p = d.join(file);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(ModelError::NotFound {
+        file: file.clone(),
+        looked: dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+fn existing(p: &Path, origin: &'static str) -> Result<PathBuf, ModelError> {
+    if p.is_file() {
+        Ok(p.to_path_buf())
+    } else {
+        Err(ModelError::Missing {
+            path: p.to_path_buf(),
+            origin,
+        })
+    }
+}
+
+/// Reads the model and checks its sha256 against the manifest.
+pub fn load_verified(path: &Path) -> Result<Vec<u8>, ModelError> {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let actual = sha256_hex(&bytes);
+    if actual != manifest().sha256 {
+        return Err(ModelError::Hash {
+            path: path.to_path_buf(),
+            expected: manifest().sha256.clone(),
+            actual,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Lower-case hex sha256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_matches_the_feature_geometry() {
+        let m = manifest();
+        assert_eq!(m.patch_frames, crate::features::PATCH_FRAMES);
+        assert_eq!(m.patch_hop, crate::features::PATCH_HOP);
+        assert_eq!(m.bands, crate::features::BANDS);
+        assert_eq!(m.sample_rate, crate::features::SAMPLE_RATE);
+        assert_eq!(m.embedding_dim, 200);
+        assert_eq!(m.tags.len(), 50);
+        assert_eq!(m.sha256.len(), 64);
+    }
+
+    #[test]
+    fn a_wrong_file_is_refused_with_path_and_expected_hash() {
+        let dir = std::env::temp_dir().join(format!("chaarfm-model-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("fake.onnx");
+        std::fs::write(&p, b"not a model").unwrap();
+        let err = load_verified(&p).unwrap_err().to_string();
+        assert!(err.contains("fake.onnx"), "{err}");
+        assert!(err.contains(&manifest().sha256), "{err}");
+        let missing = resolve(Some(&dir.join("nope.onnx")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("nope.onnx") && missing.contains("--model"),
+            "{missing}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
