@@ -15,7 +15,7 @@ use symphonia::core::codecs::registry::CodecRegistry;
 use symphonia::core::errors::Error as SymErr;
 use symphonia::core::formats::probe::Hint;
 use symphonia::core::formats::{FormatOptions, FormatReader, TrackType};
-use symphonia::core::io::MediaSourceStream;
+use symphonia::core::io::{MediaSource, MediaSourceStream, ReadOnlySource};
 use symphonia::core::meta::MetadataOptions;
 
 /// Why a file could not be decoded. Each message says what is wrong with the file.
@@ -81,19 +81,29 @@ impl AudioStream {
         if file.metadata().map(|m| m.len() == 0).unwrap_or(false) {
             return Err(DecodeError::Empty);
         }
-        let mss = MediaSourceStream::new(Box::new(file), Default::default());
         let mut hint = Hint::new();
         if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
             hint.with_extension(ext);
         }
-        let reader = symphonia::default::get_probe()
-            .probe(
+        let probe = |source: Box<dyn MediaSource>| {
+            symphonia::default::get_probe().probe(
                 &hint,
-                mss,
+                MediaSourceStream::new(source, Default::default()),
                 FormatOptions::default(),
                 MetadataOptions::default(),
             )
-            .map_err(|e| DecodeError::UnsupportedFormat(e.to_string()))?;
+        };
+        let reader = match probe(Box::new(file)) {
+            Ok(r) => r,
+            Err(first) => {
+                // A cut-off WebM/Matroska download declares a Segment longer than the file,
+                // which the demuxer refuses when it knows the length; read as a plain
+                // stream of unknown length instead, as players do.
+                let file = File::open(path).map_err(DecodeError::Open)?;
+                probe(Box::new(ReadOnlySource::new(file)))
+                    .map_err(|_| DecodeError::UnsupportedFormat(first.to_string()))?
+            }
+        };
         let track = reader
             .default_track(TrackType::Audio)
             .ok_or(DecodeError::NoAudioTrack)?;

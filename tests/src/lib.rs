@@ -1,1 +1,132 @@
+//! Shared helpers for chaarfm-super's integration tests and benchmarks: where the corpus
+//! and the built binary are, Essentia's reference vectors, cosine, and a WAV writer for
+//! inputs made at test time.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub mod wav;
+
+/// `../shared/corpus` beside this repository.
+pub fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")
+}
+
+/// One entry of `refs.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Reference {
+    pub file: String,
+    pub vector: Option<Vec<f32>>,
+    pub patches: usize,
+    pub seconds: f64,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Essentia's results for the corpus, by file name.
+pub fn references() -> BTreeMap<String, Reference> {
+    let path = corpus_dir().join("refs.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {}: {e} (the corpus lives in ../shared/corpus)",
+            path.display()
+        )
+    });
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not valid: {e}", path.display()))
+}
+
+/// Cosine similarity, computed in f64.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "vectors of different lengths");
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    ab / (aa.sqrt() * bb.sqrt())
+}
+
+/// The `chaarfm-super` binary of the profile these tests were built with
+/// (`target/<profile>/chaarfm-super`; test executables live in `target/<profile>/deps`).
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let name = format!("chaarfm-super{}", std::env::consts::EXE_SUFFIX);
+    for dir in exe.ancestors().skip(1).take(3) {
+        let p = dir.join(&name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} not built next to {}: run `cargo build --release --workspace` first (scripts/test.sh does)", exe.display());
+}
+
+/// A fresh, empty temporary directory, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p =
+            std::env::temp_dir().join(format!("chaarfm-test-{label}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The deterministic test signal of `tests/fixtures/make_fixtures.py`: two tones plus
+/// LCG noise at 16 kHz.
+pub fn synthetic_signal(n: usize) -> Vec<f32> {
+    let mut s: u64 = 12345;
+    (0..n)
+        .map(|i| {
+            s = (1_664_525 * s + 1_013_904_223) % (1 << 32);
+            let noise = (s as f64 / 4_294_967_296.0 - 0.5) * 2.0;
+            let t = i as f64 / 16_000.0;
+            let v = 0.3 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()
+                + 0.2 * (2.0 * std::f64::consts::PI * 3100.0 * t).sin()
+                + 0.1 * noise;
+            v as f32
+        })
+        .collect()
+}
+
+/// A music-like stereo test signal at `rate`: a few notes with harmonics and noise,
+/// `seconds` long, interleaved.
+pub fn music_like(rate: u32, seconds: f64) -> Vec<[f32; 2]> {
+    let n = (f64::from(rate) * seconds) as usize;
+    let mut s: u32 = 99;
+    (0..n)
+        .map(|i| {
+            let t = i as f64 / f64::from(rate);
+            let note = [220.0, 277.18, 329.63, 440.0][(t * 2.0) as usize % 4];
+            let mut v = 0.0;
+            for h in 1..6 {
+                v += (0.25 / h as f64) * (2.0 * std::f64::consts::PI * note * h as f64 * t).sin();
+            }
+            s = s.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let noise = (f64::from(s >> 8) / f64::from(1u32 << 24) - 0.5) * 0.05;
+            let env = 0.6 + 0.4 * (2.0 * std::f64::consts::PI * 0.5 * t).sin().abs();
+            [(v * env + noise) as f32, (v * env * 0.8 - noise) as f32]
+        })
+        .collect()
+}

@@ -8,7 +8,7 @@ mod sinc;
 use crate::features::SAMPLE_RATE;
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot resample from {0} Hz: the rate must be between 1 and 1,000,000 Hz")]
+#[error("cannot resample from {0} Hz: the source rate must be between 62 Hz and 1 MHz")]
 pub struct ResampleError(u32);
 
 /// Streaming mono resampler from a source rate to 16 kHz.
@@ -22,7 +22,7 @@ impl Resampler {
     /// (as Essentia's `Resample` does when the factor is 1).
     pub fn new(source_rate: u32) -> Result<Self, ResampleError> {
         // libsamplerate accepts ratios within 1/256 .. 256.
-        if source_rate == 0 || source_rate > 1_000_000 || source_rate < SAMPLE_RATE / 256 {
+        if !(SAMPLE_RATE / 256..=1_000_000).contains(&source_rate) {
             return Err(ResampleError(source_rate));
         }
         let converter = (source_rate != SAMPLE_RATE)

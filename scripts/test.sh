@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command (README): set-up, build, every test of the workspace, in release mode
+# (one profile, so tests, benchmarks and the binary share target/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo build --release --workspace --locked
+cargo test --release --workspace --locked
