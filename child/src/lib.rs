@@ -3,12 +3,15 @@
 //! ONNX Runtime), which is why the supervisor runs it in separate processes.
 
 pub mod decode;
+pub mod fault;
 pub mod features;
 pub mod infer;
+pub mod isolation;
 pub mod model;
 pub mod pipeline;
 pub mod resample;
 pub mod runtime;
+pub mod serve;
 
 pub use infer::{Device, InferOptions, Musicnn};
 pub use pipeline::{embed_file, EmbedError, Embedding};

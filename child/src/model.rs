@@ -27,6 +27,31 @@ pub struct Manifest {
     pub bands: usize,
     pub embedding_dim: usize,
     pub tags: Vec<String>,
+    pub probe: Probe,
+}
+
+/// A fixed input and the published conversion's output for it: how a model whose bytes
+/// differ (tf2onnx output is not byte-reproducible, see models/README.md) is recognised.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Probe {
+    pub embedding: Vec<f32>,
+}
+
+/// The probe's input: one patch, `value[i] = ((i * 7919) % 1000) / 250`.
+pub fn probe_input() -> Vec<f32> {
+    (0..crate::features::PATCH_LEN)
+        .map(|i| ((i * 7919) % 1000) as f32 / 250.0)
+        .collect()
+}
+
+/// Whether an embedding of [`probe_input`] is the published model's (max abs error 1e-3).
+pub fn probe_matches(embedding: &[f32]) -> bool {
+    let want = &manifest().probe.embedding;
+    embedding.len() == want.len()
+        && embedding
+            .iter()
+            .zip(want)
+            .all(|(a, b)| (a - b).abs() <= 1e-3)
 }
 
 /// The compiled-in manifest.
@@ -51,7 +76,7 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
-    #[error("model file {path} has sha256 {actual}, expected {expected}: it is corrupt or a different model; fetch it again (models/README.md)")]
+    #[error("model file {path} has sha256 {actual}, expected {expected}, and does not compute the published model's values: it is corrupt or a different model; fetch it again (models/README.md)")]
     Hash {
         path: PathBuf,
         expected: String,
@@ -117,21 +142,36 @@ fn existing(p: &Path, origin: &'static str) -> Result<PathBuf, ModelError> {
     }
 }
 
-/// Reads the model and checks its sha256 against the manifest.
-pub fn load_verified(path: &Path) -> Result<Vec<u8>, ModelError> {
+/// A model file read from disk, with whether its bytes are the published conversion's.
+pub struct ModelBytes {
+    pub bytes: Vec<u8>,
+    pub sha256: String,
+    /// `false`: the caller must check the model with [`probe_matches`] before use.
+    pub hash_matches: bool,
+}
+
+/// Reads the model and compares its sha256 with the manifest's.
+pub fn read(path: &Path) -> Result<ModelBytes, ModelError> {
     let bytes = std::fs::read(path).map_err(|source| ModelError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let actual = sha256_hex(&bytes);
-    if actual != manifest().sha256 {
-        return Err(ModelError::Hash {
-            path: path.to_path_buf(),
-            expected: manifest().sha256.clone(),
-            actual,
-        });
+    let sha256 = sha256_hex(&bytes);
+    let hash_matches = sha256 == manifest().sha256;
+    Ok(ModelBytes {
+        bytes,
+        sha256,
+        hash_matches,
+    })
+}
+
+/// The error for a model that is neither the published file nor computes its values.
+pub fn hash_error(path: &Path, actual: &str) -> ModelError {
+    ModelError::Hash {
+        path: path.to_path_buf(),
+        expected: manifest().sha256.clone(),
+        actual: actual.to_string(),
     }
-    Ok(bytes)
 }
 
 /// Lower-case hex sha256.
@@ -164,7 +204,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("fake.onnx");
         std::fs::write(&p, b"not a model").unwrap();
-        let err = load_verified(&p).unwrap_err().to_string();
+        let m = read(&p).unwrap();
+        assert!(!m.hash_matches);
+        let err = hash_error(&p, &m.sha256).to_string();
         assert!(err.contains("fake.onnx"), "{err}");
         assert!(err.contains(&manifest().sha256), "{err}");
         let missing = resolve(Some(&dir.join("nope.onnx")))

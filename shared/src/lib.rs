@@ -1,4 +1,5 @@
 //! Wire types of chaarfm-super: the JSON lines it writes, the ChaarFM server's messages,
 //! and the frames between the supervisor and its children.
 
+pub mod ipc;
 pub mod record;

@@ -20,17 +20,35 @@ pub enum Record {
         duration_s: f64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tags: Option<Vec<TagScore>>,
+        /// `ingest` only: the file's identity, so a rerun skips it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<FileStamp>,
     },
     Failed {
         path: String,
         error: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<FileStamp>,
     },
+}
+
+/// Size and modification time of an ingested file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileStamp {
+    pub size: u64,
+    pub mtime_ns: u64,
 }
 
 impl Record {
     pub fn path(&self) -> &str {
         match self {
             Record::Ok { path, .. } | Record::Failed { path, .. } => path,
+        }
+    }
+
+    pub fn file(&self) -> Option<FileStamp> {
+        match self {
+            Record::Ok { file, .. } | Record::Failed { file, .. } => *file,
         }
     }
 }

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::sizing::{DeviceChoice, Workers};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "chaarfm-super",
@@ -35,8 +37,49 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Embed audio files: one JSON line per file on stdout.
+    /// Embed audio files: one JSON line per file on stdout, in order.
     Embed(EmbedArgs),
+    /// Embed every audio file under PATHs into a JSON-lines file; resumable.
+    Ingest(IngestArgs),
+    /// Internal: serve as a child process of a supervisor.
+    #[command(name = "__child", hide = true)]
+    Child(ChildArgs),
+}
+
+/// How the pool of child processes is sized and limited.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PoolArgs {
+    /// Number of child processes: `auto` (from cores, memory and GPUs) or a count.
+    #[arg(long, default_value = "auto", value_parser = parse_workers)]
+    pub workers: Workers,
+
+    /// Where inference runs; `cuda` falls back to CPU with a warning when unusable.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+
+    /// Fixed per-job timeout in seconds (default: 120 s to decode, then
+    /// max(60 s, audio length / 4) for inference).
+    #[arg(long, value_name = "SECS")]
+    pub job_timeout: Option<u64>,
+
+    /// Kill a child whose resident memory exceeds this (MB; default: available memory /
+    /// children / 2, between 512 and 4096).
+    #[arg(long, value_name = "MB")]
+    pub max_child_memory: Option<u64>,
+
+    /// Replace a child after this many jobs (default: never).
+    #[arg(long, value_name = "N")]
+    pub max_jobs_per_child: Option<u32>,
+}
+
+fn parse_workers(s: &str) -> Result<Workers, String> {
+    if s == "auto" {
+        return Ok(Workers::Auto);
+    }
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(Workers::Count(n)),
+        _ => Err(format!("`{s}` is not `auto` or a number of workers >= 1")),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -45,7 +88,42 @@ pub struct EmbedArgs {
     #[arg(long)]
     pub tags: bool,
 
+    #[command(flatten)]
+    pub pool: PoolArgs,
+
     /// Audio files.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// Output file (JSON lines), appended to; files already in it are skipped.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+
+    /// Also store the five strongest MSD tags per file.
+    #[arg(long)]
+    pub tags: bool,
+
+    #[command(flatten)]
+    pub pool: PoolArgs,
+
+    /// Audio files or folders (walked recursively).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ChildArgs {
+    #[arg(long)]
+    pub socket: String,
+    #[arg(long)]
+    pub parent_pid: u32,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
 }

@@ -1,0 +1,52 @@
+//! Test-only fault injection (cargo feature `fault-injection`; release builds leave it out).
+//!
+//! `CHAARFM_FAULT` holds `kind=pattern` pairs separated by commas; a job whose path
+//! contains `pattern` triggers `kind` before any work:
+//! `segv` (raise SIGSEGV), `abort`, `exit` (exit status 7), `hang` (sleep forever while the
+//! heartbeat thread keeps running), `grow` (allocate and touch 64 MiB every 20 ms).
+
+/// Triggers the fault configured for `path`, if any.
+#[cfg(feature = "fault-injection")]
+pub fn inject(path: &str) {
+    let Ok(spec) = std::env::var("CHAARFM_FAULT") else {
+        return;
+    };
+    for pair in spec.split(',') {
+        let Some((kind, pattern)) = pair.split_once('=') else {
+            continue;
+        };
+        if pattern.is_empty() || !path.contains(pattern) {
+            continue;
+        }
+        tracing::warn!(kind, path, "fault injection");
+        match kind {
+            "segv" => segv(),
+            "abort" => std::process::abort(),
+            "exit" => std::process::exit(7),
+            "hang" => loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            },
+            "grow" => {
+                let mut hog: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hog.push(vec![1u8; 64 << 20]);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(all(feature = "fault-injection", unix))]
+fn segv() {
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSEGV);
+}
+
+#[cfg(all(feature = "fault-injection", not(unix)))]
+fn segv() {
+    std::process::abort();
+}
+
+#[cfg(not(feature = "fault-injection"))]
+pub fn inject(_path: &str) {}
