@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release --workspace --locked
-cargo test --release --workspace --locked
+# Fault injection (test-only) is compiled in for the pool tests.
+cargo build --release --workspace --locked --features chaarfm-super/fault-injection
+cargo test --release --workspace --locked --features chaarfm-super/fault-injection

@@ -40,7 +40,13 @@ pub fn inject(path: &str) {
 
 #[cfg(all(feature = "fault-injection", unix))]
 fn segv() {
-    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSEGV);
+    // Rust's runtime handles SIGSEGV (stack-overflow detection): for a fault outside a guard
+    // page it restores the default action and returns, so the first raise only resets the
+    // handler and the second one kills, as a real segfault would.
+    for _ in 0..2 {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSEGV);
+    }
+    std::process::abort();
 }
 
 #[cfg(all(feature = "fault-injection", not(unix)))]

@@ -35,7 +35,20 @@ pub fn harden(_parent_pid: u32) -> Result<(), String> {
 }
 
 /// Peak resident memory of this process in KiB (0 where the platform does not say).
+/// On Linux from `VmHWM`, which starts afresh at exec; `ru_maxrss` would carry over the
+/// peak of the process that forked us.
 pub fn peak_rss_kib() -> u64 {
+    #[cfg(target_os = "linux")]
+    if let Some(kib) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+    {
+        return kib;
+    }
     #[cfg(unix)]
     {
         use nix::sys::resource::{getrusage, UsageWho};

@@ -211,7 +211,7 @@ pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result
     let mut set = JoinSet::new();
     let in_flight = children + 1;
     let (mut ok, mut failed, mut audio_s) = (0u64, 0u64, 0f64);
-    let (mut child_peak_kib, mut overhead_ms, mut measured) = (0u64, 0f64, 0u64);
+    let mut child_peak_kib = 0u64;
     let mut draining = false;
     let mut fatal = None;
     loop {
@@ -222,9 +222,8 @@ pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result
             let pool = pool.clone();
             let tags = args.tags;
             set.spawn(async move {
-                let t = Instant::now();
                 let r = pool.embed(path.display().to_string(), tags).await;
-                (path, stamp, r, t.elapsed())
+                (path, stamp, r)
             });
         }
         let joined = tokio::select! {
@@ -245,16 +244,12 @@ pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result
             }
         };
         let Some(joined) = joined else { break };
-        let (path, stamp, result, wall) = joined.context("ingest task")?;
+        let (path, stamp, result) = joined.context("ingest task")?;
         let record = match result {
             Ok(o) => {
                 ok += 1;
                 audio_s += o.duration_s;
                 child_peak_kib = child_peak_kib.max(o.peak_rss_kib);
-                let t = o.timings;
-                overhead_ms += wall.as_secs_f64() * 1e3
-                    - (t.decode_ms + t.resample_ms + t.features_ms + t.infer_ms);
-                measured += 1;
                 embed::to_record(&path, o, args.tags, stamp)
             }
             // Not run because we are stopping: leave it for the next run.
@@ -294,10 +289,10 @@ pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result
         pool.stats.restarts.load(Ordering::Relaxed)
     );
     println!(
-        "ingest: supervisor peak RSS {:.1} MB, child peak RSS {:.1} MB, supervisor overhead {:.2} ms/job (wall time minus the child's own timings)",
+        "ingest: supervisor peak RSS {:.1} MB, child peak RSS {:.1} MB, IPC overhead {:.2} ms/job (dispatch to result, minus the child's own timings)",
         chaarfm_child::isolation::peak_rss_kib() as f64 / 1024.0,
         child_peak_kib as f64 / 1024.0,
-        if measured > 0 { overhead_ms / measured as f64 } else { 0.0 }
+        pool.stats.overhead_ms()
     );
     if let Some(msg) = fatal {
         anyhow::bail!("{msg}");

@@ -130,3 +130,113 @@ pub fn music_like(rate: u32, seconds: f64) -> Vec<[f32; 2]> {
         })
         .collect()
 }
+
+/// Short WAV clips cut from the corpus (mono, at each file's own rate, 16-bit): `n` clips
+/// of 20-90 s, named `clip-NN-<source>.wav`, each a different stretch of the music.
+pub fn make_clips(dir: &Path, n: usize) -> Vec<PathBuf> {
+    use chaarfm_child::decode::AudioStream;
+    let sources = [
+        "awakening.mp3",
+        "coherence.m4a",
+        "enemy-unknown.ogg",
+        "caves.flac",
+        "palace.wav",
+        "wz-track5.webm",
+    ];
+    let mut decoded: Vec<(String, u32, Vec<f32>)> = Vec::new();
+    for s in sources {
+        let mut stream = AudioStream::open(&corpus_dir().join(s)).expect("decode corpus file");
+        let rate = stream.sample_rate();
+        let (mut all, mut chunk) = (Vec::new(), Vec::new());
+        while stream.next_chunk(&mut chunk).expect("decode corpus file") {
+            all.extend_from_slice(&chunk);
+        }
+        decoded.push((s.split('.').next().unwrap_or(s).to_string(), rate, all));
+    }
+    (0..n)
+        .map(|i| {
+            let (name, rate, pcm) = &decoded[i % decoded.len()];
+            let want = 20 + (i * 37) % 71; // 20..=90 s
+            let len = (want * *rate as usize).min(pcm.len());
+            let max_start = pcm.len() - len;
+            let start = (i * 7_919 * *rate as usize / 10) % (max_start + 1);
+            let p = dir.join(format!("clip-{i:02}-{name}.wav"));
+            wav::write(&p, *rate, 1, wav::Encoding::Pcm16, &pcm[start..start + len])
+                .expect("write clip");
+            p
+        })
+        .collect()
+}
+
+/// Runs `chaarfm-super` with `args` and extra environment, waits, returns the output.
+pub fn run_super(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(binary());
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run chaarfm-super")
+}
+
+/// Reads an ingest output file into records.
+pub fn read_records(path: &Path) -> Vec<chaarfm_shared::record::Record> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l}: {e}")))
+        .collect()
+}
+
+/// PIDs of the live child processes of `parent` (Linux: from /proc).
+#[cfg(target_os = "linux")]
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // f[0] = state, f[1] = ppid; zombies are dead already.
+        if f.len() > 1 && f[1] == parent.to_string() && f[0] != "Z" {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether a process exists and is not a zombie (Linux: /proc).
+#[cfg(target_os = "linux")]
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .map(|i| !stat[i + 2..].starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -13,7 +13,7 @@ pub mod proc;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,22 @@ pub struct PoolConfig {
 pub struct Stats {
     pub alive: AtomicUsize,
     pub restarts: AtomicUsize,
+    /// Sum over finished jobs of (dispatch to result) minus the child's own timings, in µs:
+    /// what IPC and scheduling cost.
+    pub overhead_us: AtomicU64,
+    pub overhead_jobs: AtomicU64,
+}
+
+impl Stats {
+    /// Mean IPC + scheduling overhead per finished job, in ms.
+    pub fn overhead_ms(&self) -> f64 {
+        let n = self.overhead_jobs.load(Ordering::Relaxed);
+        if n == 0 {
+            0.0
+        } else {
+            self.overhead_us.load(Ordering::Relaxed) as f64 / n as f64 / 1e3
+        }
+    }
 }
 
 /// Why a job produced no vector.
@@ -164,6 +180,7 @@ enum SlotState {
     Idle,
     Busy {
         job: u64,
+        sent: Instant,
         deadline: Instant,
         timeout: Duration,
     },
@@ -390,9 +407,11 @@ impl State {
                     tags: job.tags,
                 }));
             }
+            let now = Instant::now();
             slot.state = SlotState::Busy {
                 job: id,
-                deadline: Instant::now() + timeout,
+                sent: now,
+                deadline: now + timeout,
                 timeout,
             };
         }
@@ -449,6 +468,7 @@ impl State {
                     job,
                     deadline,
                     timeout,
+                    ..
                 } = &mut self.slots[i].state
                 {
                     if *job == id && self.cfg.job_timeout.is_none() {
@@ -466,11 +486,20 @@ impl State {
     }
 
     fn finish(&mut self, i: usize, id: u64, result: Result<JobOutput, JobFailure>) {
-        let SlotState::Busy { job, .. } = self.slots[i].state else {
+        let SlotState::Busy { job, sent, .. } = self.slots[i].state else {
             return;
         };
         if job != id {
             return;
+        }
+        if let Ok(out) = &result {
+            let t = out.timings;
+            let child_ms = t.decode_ms + t.resample_ms + t.features_ms + t.infer_ms;
+            let overhead_us = (sent.elapsed().as_secs_f64() * 1e3 - child_ms).max(0.0) * 1e3;
+            self.stats
+                .overhead_us
+                .fetch_add(overhead_us as u64, Ordering::Relaxed);
+            self.stats.overhead_jobs.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(j) = self.jobs.remove(&id) {
             let _ = j.reply.send(result);
