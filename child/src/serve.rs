@@ -128,9 +128,13 @@ pub fn run(args: ServeArgs) -> i32 {
             ToChild::Job(job) => job,
             ToChild::Shutdown => return 0,
         };
+        let received = Instant::now();
         fault::inject(&job.path);
         let reply = match embed(&mut model, &job, &writer) {
-            Ok(output) => FromChild::Done { id: job.id, output },
+            Ok(mut output) => {
+                output.wall_ms = received.elapsed().as_secs_f64() * 1e3;
+                FromChild::Done { id: job.id, output }
+            }
             Err(message) => FromChild::Failed {
                 id: job.id,
                 error: JobError { message },
@@ -168,5 +172,6 @@ fn embed(model: &mut Musicnn, job: &ipc::Job, writer: &Writer) -> Result<JobOutp
             infer_ms: start.elapsed().as_secs_f64() * 1e3,
         },
         peak_rss_kib: isolation::peak_rss_kib(),
+        wall_ms: 0.0,
     })
 }

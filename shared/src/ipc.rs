@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change to the types below.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame accepted; a result is ~1 KB, so anything near this is corruption.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -48,6 +48,9 @@ pub struct JobOutput {
     pub timings: Timings,
     /// The child's peak resident memory so far, in KiB.
     pub peak_rss_kib: u64,
+    /// The child's wall time for the job, from receiving it to replying, in ms; the
+    /// supervisor's own measure minus this is the IPC and scheduling overhead.
+    pub wall_ms: f64,
 }
 
 /// Why a job failed inside a healthy child (the file's fault, not the child's).

@@ -3,3 +3,4 @@
 
 pub mod ipc;
 pub mod record;
+pub mod server;

@@ -25,8 +25,45 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    /// Without a command: connect to ChaarFM and work its queue.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+/// Connect mode (no subcommand): `chaarfm-super --code CODE [--workers auto]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// ChaarFM server.
+    #[arg(
+        long,
+        env = "CHAARFM_URL",
+        default_value = "https://chaarfm.onrender.com"
+    )]
+    pub url: String,
+
+    /// Pairing code from the server's /ingest page (asked for on a terminal when missing).
+    #[arg(long, env = "CHAARFM_CODE", hide_env_values = true)]
+    pub code: Option<String>,
+
+    /// Extra connections when the server gives one job per connection (today's server).
+    #[arg(long, value_enum, default_value_t = Lanes::Auto)]
+    pub lanes: Lanes,
+
+    /// Where the outbox and downloads live (default: the user state dir).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub pool: PoolArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Lanes {
+    Auto,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

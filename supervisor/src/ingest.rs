@@ -173,11 +173,13 @@ impl Progress {
 pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result<()> {
     let files = walk(&args.paths)?;
     let (done_before, needs_newline) = already_done(&args.out)?;
-    let todo: Vec<(PathBuf, Option<FileStamp>)> = files
+    let mut todo: Vec<(PathBuf, Option<FileStamp>)> = files
         .iter()
         .map(|p| (p.clone(), stamp(p)))
         .filter(|(p, s)| s.is_none_or(|s| !done_before.contains(&(p.display().to_string(), s))))
         .collect();
+    // Longest first (by size): the last jobs are short, so no core idles at the end.
+    todo.sort_by_key(|(_, s)| std::cmp::Reverse(s.map(|s| s.size).unwrap_or(0)));
     let skipped = files.len() - todo.len();
     tracing::info!(
         "{} audio file(s), {skipped} already in {}, {} to do",
@@ -289,7 +291,7 @@ pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result
         pool.stats.restarts.load(Ordering::Relaxed)
     );
     println!(
-        "ingest: supervisor peak RSS {:.1} MB, child peak RSS {:.1} MB, IPC overhead {:.2} ms/job (dispatch to result, minus the child's own timings)",
+        "ingest: supervisor peak RSS {:.1} MB, child peak RSS {:.1} MB, IPC overhead {:.2} ms/job (dispatch to result, minus the child's wall time)",
         chaarfm_child::isolation::peak_rss_kib() as f64 / 1024.0,
         child_peak_kib as f64 / 1024.0,
         pool.stats.overhead_ms()

@@ -58,8 +58,8 @@ pub struct PoolConfig {
 pub struct Stats {
     pub alive: AtomicUsize,
     pub restarts: AtomicUsize,
-    /// Sum over finished jobs of (dispatch to result) minus the child's own timings, in µs:
-    /// what IPC and scheduling cost.
+    /// Sum over finished jobs of (dispatch to result) minus the child's own wall time for
+    /// the job, in µs: what IPC and scheduling cost.
     pub overhead_us: AtomicU64,
     pub overhead_jobs: AtomicU64,
 }
@@ -493,9 +493,7 @@ impl State {
             return;
         }
         if let Ok(out) = &result {
-            let t = out.timings;
-            let child_ms = t.decode_ms + t.resample_ms + t.features_ms + t.infer_ms;
-            let overhead_us = (sent.elapsed().as_secs_f64() * 1e3 - child_ms).max(0.0) * 1e3;
+            let overhead_us = (sent.elapsed().as_secs_f64() * 1e3 - out.wall_ms).max(0.0) * 1e3;
             self.stats
                 .overhead_us
                 .fetch_add(overhead_us as u64, Ordering::Relaxed);

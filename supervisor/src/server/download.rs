@@ -1,0 +1,380 @@
+//! Getting a job's audio onto disk, in the supervisor (never in the children):
+//! - plain http(s) audio URLs (a path ending in an audio extension) are streamed to disk
+//!   directly, with size bounds enforced while streaming and connect/read timeouts;
+//! - anything else (YouTube, other sites, searches) goes through yt-dlp as a subprocess:
+//!   an argument vector, never a shell, `--` before the URL, M4A/AAC preferred (symphonia
+//!   decodes it as is; no post-processing).
+//!
+//! Only http and https are accepted. Files live in a private directory and are removed
+//! by the caller after the job.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Size bounds and timeouts (`POST_DOWNLOAD_MIN_SIZE_MB`, `POST_DOWNLOAD_MAX_SIZE_MB`, as
+/// the Python worker reads them).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub min_bytes: u64,
+    pub max_bytes: u64,
+    pub connect_timeout: Duration,
+    /// No byte for this long fails the download.
+    pub read_timeout: Duration,
+    /// yt-dlp gets this long in all.
+    pub ytdlp_timeout: Duration,
+}
+
+impl Limits {
+    /// Defaults (0.5 MB, 50 MB, 15 s connect, 30 s per read, 10 min yt-dlp), overridden by
+    /// `POST_DOWNLOAD_MIN_SIZE_MB`, `POST_DOWNLOAD_MAX_SIZE_MB` and
+    /// `CHAARFM_READ_TIMEOUT_S`.
+    pub fn from_env() -> Self {
+        let mb = |name: &str, default: f64| -> u64 {
+            let v = std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(default);
+            (v.max(0.0) * 1024.0 * 1024.0) as u64
+        };
+        let read_s = std::env::var("CHAARFM_READ_TIMEOUT_S")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(30.0);
+        Limits {
+            min_bytes: mb("POST_DOWNLOAD_MIN_SIZE_MB", 0.5),
+            max_bytes: mb("POST_DOWNLOAD_MAX_SIZE_MB", 50.0),
+            connect_timeout: Duration::from_secs(15),
+            read_timeout: Duration::from_secs_f64(read_s.max(0.1)),
+            ytdlp_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why a download failed; each message is what the server's failed result says.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("unsupported URL {0:?}: only http:// and https:// URLs are accepted")]
+    Scheme(String),
+    #[error("download failed: HTTP {0}")]
+    Status(u16),
+    #[error("download failed: {0}")]
+    Transport(String),
+    #[error("download too large: the server announces {announced_mb:.1} MB, more than POST_DOWNLOAD_MAX_SIZE_MB ({max_mb:.1} MB)")]
+    Announced { announced_mb: f64, max_mb: f64 },
+    #[error("download too large: more than POST_DOWNLOAD_MAX_SIZE_MB ({max_mb:.1} MB)")]
+    TooLarge { max_mb: f64 },
+    #[error(
+        "download too small: {got_mb:.2} MB, less than POST_DOWNLOAD_MIN_SIZE_MB ({min_mb:.2} MB)"
+    )]
+    TooSmall { got_mb: f64, min_mb: f64 },
+    #[error("yt-dlp is not installed (run scripts/setup.sh, or set CHAARFM_YTDLP to its path)")]
+    NoYtDlp,
+    #[error("yt-dlp failed: {0}")]
+    YtDlp(String),
+    #[error("cannot write the download: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a download produced.
+#[derive(Debug, Clone)]
+pub struct Downloaded {
+    pub path: PathBuf,
+    /// yt-dlp's metadata (`artist`, `uploader`, `title`, `id`...), when it was used.
+    pub meta: Option<Value>,
+    pub source_url: String,
+}
+
+/// Checks that `url` is http(s) and cannot be mistaken for an option.
+pub fn check_url(url: &str) -> Result<(), DownloadError> {
+    let lower = url.trim().to_ascii_lowercase();
+    if url.starts_with('-') || !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Err(DownloadError::Scheme(url.to_string()));
+    }
+    Ok(())
+}
+
+fn url_path(url: &str) -> &str {
+    let after_scheme = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let path = after_scheme
+        .find('/')
+        .map(|i| &after_scheme[i..])
+        .unwrap_or("/");
+    path.split(['?', '#']).next().unwrap_or(path)
+}
+
+fn host(url: &str) -> String {
+    let after_scheme = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = after_scheme.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    host.split(':').next().unwrap_or(host).to_ascii_lowercase()
+}
+
+/// Whether `url` points straight at an audio file (downloaded directly, not via yt-dlp).
+pub fn is_direct_audio(url: &str) -> bool {
+    let p = url_path(url).to_ascii_lowercase();
+    [
+        ".mp3", ".m4a", ".aac", ".ogg", ".oga", ".opus", ".flac", ".wav", ".webm", ".mka",
+    ]
+    .iter()
+    .any(|e| p.ends_with(e))
+}
+
+/// The `youtube_id` of a result: the video id for YouTube URLs, else the URL path's file
+/// stem (what yt-dlp's generic extractor reports).
+pub fn youtube_id(url: &str) -> String {
+    let h = host(url);
+    let path = url_path(url);
+    if h == "youtu.be" {
+        return path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+    }
+    if h.ends_with("youtube.com") {
+        if let Some(q) = url.split_once('?').map(|(_, q)| q) {
+            for pair in q.split(['&', '#']) {
+                if let Some(v) = pair.strip_prefix("v=") {
+                    return v.to_string();
+                }
+            }
+        }
+        for prefix in ["/shorts/", "/embed/", "/live/", "/v/"] {
+            if let Some(rest) = path.strip_prefix(prefix) {
+                return rest.split('/').next().unwrap_or("").to_string();
+            }
+        }
+    }
+    let file = path.rsplit('/').next().unwrap_or("");
+    match file.rsplit_once('.') {
+        Some((stem, _)) if !stem.is_empty() => stem.to_string(),
+        _ => file.to_string(),
+    }
+}
+
+/// Streams `url` into `dest`, enforcing the size bounds as bytes arrive (blocking: run it
+/// on a blocking thread).
+pub fn http_download(url: &str, dest: &Path, limits: &Limits) -> Result<(), DownloadError> {
+    check_url(url)?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(limits.connect_timeout))
+        .timeout_per_read(Some(limits.read_timeout))
+        .timeout_recv_response(Some(limits.read_timeout))
+        .http_status_as_error(false)
+        .max_redirects(5)
+        .user_agent(concat!("chaarfm-super/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into();
+    let resp = agent
+        .get(url)
+        .call()
+        .map_err(|e| DownloadError::Transport(e.to_string()))?;
+    let status = resp.status().as_u16();
+    if status >= 400 {
+        return Err(DownloadError::Status(status));
+    }
+    let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+    if let Some(len) = resp
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        if len > limits.max_bytes {
+            return Err(DownloadError::Announced {
+                announced_mb: mb(len),
+                max_mb: mb(limits.max_bytes),
+            });
+        }
+    }
+    let mut reader = resp
+        .into_body()
+        .into_with_config()
+        .limit(limits.max_bytes.saturating_add(1))
+        .reader();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(dest)?);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if total + 1 > limits.max_bytes && e.to_string().contains("limit") => {
+                return Err(DownloadError::TooLarge {
+                    max_mb: mb(limits.max_bytes),
+                })
+            }
+            Err(e) => return Err(DownloadError::Transport(e.to_string())),
+        };
+        total += n as u64;
+        if total > limits.max_bytes {
+            return Err(DownloadError::TooLarge {
+                max_mb: mb(limits.max_bytes),
+            });
+        }
+        file.write_all(&buf[..n])?;
+    }
+    file.flush()?;
+    if total < limits.min_bytes {
+        return Err(DownloadError::TooSmall {
+            got_mb: mb(total),
+            min_mb: mb(limits.min_bytes),
+        });
+    }
+    Ok(())
+}
+
+/// yt-dlp: `CHAARFM_YTDLP`, then `PATH`, then this checkout's `.deps/venv` (setup.sh).
+pub fn find_ytdlp() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CHAARFM_YTDLP").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let exe = if cfg!(windows) {
+        "yt-dlp.exe"
+    } else {
+        "yt-dlp"
+    };
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let p = dir.join(exe);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    let bin = if cfg!(windows) { "Scripts" } else { "bin" };
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../.deps/venv")
+        .join(bin)
+        .join(exe);
+    p.is_file().then_some(p)
+}
+
+/// Runs yt-dlp for `target` (a URL, or `ytsearch1:...`) into `dir` with name stem `stem`;
+/// returns the file and yt-dlp's metadata.
+pub async fn ytdlp_download(
+    ytdlp: &Path,
+    target: &str,
+    search: bool,
+    dir: &Path,
+    stem: &str,
+    limits: &Limits,
+) -> Result<Downloaded, DownloadError> {
+    let mut cmd = tokio::process::Command::new(ytdlp);
+    cmd.args([
+        "--no-playlist",
+        "--no-progress",
+        "--no-warnings",
+        "--quiet",
+        "--no-simulate",
+        "--dump-json",
+    ])
+    .args(["-f", "bestaudio[ext=m4a]/bestaudio[acodec^=mp4a]/bestaudio"])
+    .args(["--max-filesize", &format!("{}", limits.max_bytes)])
+    .arg("-o")
+    .arg(dir.join(format!("{stem}.%(ext)s")));
+    if search {
+        cmd.args(["--match-filter", "duration >= 60 & duration <= 600"]);
+    }
+    cmd.arg("--").arg(target).kill_on_drop(true);
+    let out = tokio::time::timeout(limits.ytdlp_timeout, cmd.output())
+        .await
+        .map_err(|_| {
+            DownloadError::YtDlp(format!(
+                "timed out after {} s",
+                limits.ytdlp_timeout.as_secs()
+            ))
+        })??;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no output");
+        return Err(DownloadError::YtDlp(last.trim().to_string()));
+    }
+    let meta: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| DownloadError::YtDlp("nothing found".into()))?;
+    let path = meta
+        .get("requested_downloads")
+        .and_then(|d| d.get(0))
+        .and_then(|d| d.get("filepath"))
+        .or_else(|| meta.get("filepath"))
+        .or_else(|| meta.get("_filename"))
+        .and_then(Value::as_str)
+        .map(PathBuf::from)
+        .ok_or_else(|| DownloadError::YtDlp("no file reported".into()))?;
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+    if size > limits.max_bytes {
+        return Err(DownloadError::TooLarge {
+            max_mb: mb(limits.max_bytes),
+        });
+    }
+    if size < limits.min_bytes {
+        return Err(DownloadError::TooSmall {
+            got_mb: mb(size),
+            min_mb: mb(limits.min_bytes),
+        });
+    }
+    let source_url = meta
+        .get("webpage_url")
+        .and_then(Value::as_str)
+        .unwrap_or(target)
+        .to_string();
+    Ok(Downloaded {
+        path,
+        meta: Some(meta),
+        source_url,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http_and_https_are_accepted() {
+        for ok in ["http://a/b.mp3", "HTTPS://x.y/z"] {
+            assert!(check_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "file:///etc/passwd",
+            "ftp://x/y.mp3",
+            "-o/tmp/x",
+            "--exec=rm",
+            "javascript:1",
+            "",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn youtube_ids_and_file_stems() {
+        assert_eq!(
+            youtube_id("https://www.youtube.com/watch?v=dQw4w9WgXcQ&t=1"),
+            "dQw4w9WgXcQ"
+        );
+        assert_eq!(youtube_id("https://youtu.be/abc123?si=x"), "abc123");
+        assert_eq!(
+            youtube_id("https://music.youtube.com/watch?list=x&v=Zz9"),
+            "Zz9"
+        );
+        assert_eq!(youtube_id("https://youtube.com/shorts/short1"), "short1");
+        assert_eq!(
+            youtube_id("http://127.0.0.1:8080/audio/awakening.mp3?x=1"),
+            "awakening"
+        );
+        assert!(is_direct_audio("http://h/a/b.FLAC?sig=1"));
+        assert!(!is_direct_audio("https://www.youtube.com/watch?v=x"));
+    }
+}

@@ -1,0 +1,412 @@
+//! One server job, start to finish: download, embed in the pool, shape the result like the
+//! Python worker's, store it in the outbox, hand it to the lane.
+//!
+//! A job whose key (`youtube_url`, else `artist::title`) is already being worked on attaches
+//! to that work: the server re-sends a job after a lost connection, and computing it twice
+//! would waste a slot.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use chaarfm_shared::server::{
+    DownloadJob, GenreJob, JobKind, JobResult, Outcome, ServerJob, TrackData, WorkerMsg,
+};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use super::download::{self, Downloaded};
+use super::outbox::Entry;
+use super::Ctx;
+
+/// Work in progress by job key.
+#[derive(Default)]
+pub struct Work {
+    in_progress: Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
+}
+
+/// Runs `job` received on `lane` and delivers its result.
+pub async fn run(ctx: Arc<Ctx>, lane: usize, job: ServerJob) {
+    let key = job.key();
+    let existing = {
+        let mut map = ctx
+            .work
+            .in_progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match map.get(&key) {
+            Some(rx) => Err(rx.clone()),
+            None => {
+                let (tx, rx) = watch::channel(None);
+                map.insert(key.clone(), rx);
+                Ok(tx)
+            }
+        }
+    };
+    let outcome = match existing {
+        Err(mut rx) => {
+            tracing::info!(job = %job.job_id, key = %key, "same key already in progress; attaching to it");
+            match rx.wait_for(|o| o.is_some()).await {
+                Ok(o) => o.clone().unwrap_or(Outcome::Failed {
+                    error: "lost".into(),
+                }),
+                Err(_) => Outcome::Failed {
+                    error: "the job it attached to was abandoned".into(),
+                },
+            }
+        }
+        Ok(tx) => {
+            let outcome = execute(&ctx, &job).await;
+            let _ = tx.send(Some(outcome.clone()));
+            ctx.work
+                .in_progress
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            outcome
+        }
+    };
+    if let Outcome::Failed { error } = &outcome {
+        tracing::warn!(job = %job.job_id, %error, "job failed");
+    } else {
+        tracing::info!(job = %job.job_id, "job done");
+    }
+    let entry = Entry {
+        job_id: job.job_id.clone(),
+        lane,
+        msg: WorkerMsg::Result(JobResult {
+            job_id: job.job_id.clone(),
+            outcome,
+        }),
+    };
+    if let Err(e) = ctx.outbox.put(&entry) {
+        tracing::error!(error = %e, "cannot write the outbox; sending the result without a copy on disk");
+    }
+    ctx.jobs_done.fetch_add(1, Ordering::Relaxed);
+    ctx.set_busy(lane, -1);
+    ctx.deliver(entry);
+}
+
+async fn execute(ctx: &Ctx, job: &ServerJob) -> Outcome {
+    match &job.kind {
+        JobKind::Download(d) => match download_and_embed(ctx, &job.job_id, d).await {
+            Ok(data) => Outcome::Success { data },
+            Err(error) => Outcome::Failed { error },
+        },
+        JobKind::Genre(g) => match genre(ctx, g).await {
+            Ok(data) => Outcome::Success { data },
+            Err(error) => Outcome::Failed { error },
+        },
+    }
+}
+
+/// Removes a download when the job is done, whatever happened.
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<Value, String> {
+    let stem: String = job_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(64)
+        .collect();
+    let stem = if stem.is_empty() {
+        "job".to_string()
+    } else {
+        stem
+    };
+    let url = d.youtube_url.as_deref().filter(|u| !u.trim().is_empty());
+    let got: Downloaded = match url {
+        Some(url) => {
+            download::check_url(url).map_err(|e| e.to_string())?;
+            if download::is_direct_audio(url) {
+                let ext = url
+                    .split(['?', '#'])
+                    .next()
+                    .and_then(|p| p.rsplit_once('.'))
+                    .map(|(_, e)| e.to_ascii_lowercase())
+                    .unwrap_or_else(|| "audio".into());
+                let dest = ctx.tmp.join(format!("{stem}.{ext}"));
+                let (u, dst, limits) = (url.to_string(), dest.clone(), ctx.limits.clone());
+                let guard = TempFile(Some(dest.clone()));
+                tokio::task::spawn_blocking(move || download::http_download(&u, &dst, &limits))
+                    .await
+                    .map_err(|e| format!("download task failed: {e}"))?
+                    .map_err(|e| e.to_string())?;
+                std::mem::forget(guard);
+                Downloaded {
+                    path: dest,
+                    meta: None,
+                    source_url: url.to_string(),
+                }
+            } else {
+                let ytdlp = ctx
+                    .ytdlp
+                    .as_deref()
+                    .ok_or_else(|| download::DownloadError::NoYtDlp.to_string())?;
+                download::ytdlp_download(ytdlp, url, false, &ctx.tmp, &stem, &ctx.limits)
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        }
+        None => {
+            let (artist, title) = (
+                d.artist.as_deref().unwrap_or(""),
+                d.title.as_deref().unwrap_or(""),
+            );
+            if artist.trim().is_empty() && title.trim().is_empty() {
+                return Err("job has neither youtube_url nor artist/title".into());
+            }
+            let ytdlp = ctx
+                .ytdlp
+                .as_deref()
+                .ok_or_else(|| download::DownloadError::NoYtDlp.to_string())?;
+            let query = format!("ytsearch1:\"{artist} {title} lyrics\"");
+            download::ytdlp_download(ytdlp, &query, true, &ctx.tmp, &stem, &ctx.limits)
+                .await
+                .map_err(|e| e.to_string())?
+        }
+    };
+    let _cleanup = TempFile(Some(got.path.clone()));
+    let out = ctx
+        .pool
+        .embed(got.path.display().to_string(), false)
+        .await
+        .map_err(|e| format!("vectorization failed: {e}"))?;
+    if out.vector.len() != 200 || out.vector.iter().any(|v| !v.is_finite()) {
+        return Err("vectorization failed: NaN in vector".into());
+    }
+    let meta = got.meta.as_ref();
+    let meta_str = |k: &str| {
+        meta.and_then(|m| m.get(k))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let youtube_id = meta_str("id").unwrap_or_else(|| download::youtube_id(&got.source_url));
+    let artist = d
+        .artist
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| meta_str("artist"))
+        .or_else(|| meta_str("uploader"))
+        .unwrap_or_else(|| "YouTube Artist".into());
+    let title = d
+        .title
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| meta_str("title"))
+        .unwrap_or_else(|| format!("Test Track {youtube_id}"));
+    serde_json::to_value(TrackData {
+        artist,
+        title,
+        youtube_id,
+        vector: out.vector,
+        source_url: Some(got.source_url),
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// Quality filter of a genre job (PROTOCOL.md defaults, overridden by `quality_config`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quality {
+    pub min_views: f64,
+    pub min_likes: f64,
+    pub min_like_ratio: f64,
+    pub min_duration: f64,
+    pub max_duration: f64,
+}
+
+impl Quality {
+    pub fn from_config(cfg: Option<&Value>) -> Self {
+        let get = |k: &str, d: f64| {
+            cfg.and_then(|c| c.get(k))
+                .and_then(Value::as_f64)
+                .unwrap_or(d)
+        };
+        Quality {
+            min_views: get("min_views", 1000.0),
+            min_likes: get("min_likes", 10.0),
+            min_like_ratio: get("min_like_ratio", 0.001),
+            min_duration: get("min_duration", 60.0),
+            max_duration: get("max_duration", 600.0),
+        }
+    }
+
+    pub fn passes(&self, v: &Value) -> bool {
+        let n = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+        let (views, likes, dur) = (n("view_count"), n("like_count"), n("duration"));
+        views >= self.min_views
+            && likes >= self.min_likes
+            && (views <= 0.0 || likes / views >= self.min_like_ratio)
+            && dur >= self.min_duration
+            && dur <= self.max_duration
+    }
+}
+
+/// Picks `limit` videos across view-count buckets: 20% from the top, 60% from the
+/// middle, 20% from the bottom (PROTOCOL.md's diversity buckets).
+pub fn diversify(mut videos: Vec<Value>, limit: usize) -> Vec<Value> {
+    videos.sort_by(|a, b| {
+        let v = |x: &Value| x.get("view_count").and_then(Value::as_f64).unwrap_or(0.0);
+        v(b).total_cmp(&v(a))
+    });
+    if videos.len() <= limit {
+        return videos;
+    }
+    let n = videos.len();
+    let (top_end, mid_end) = (n / 5, n - n / 5);
+    let want_top = (limit as f64 * 0.2).round() as usize;
+    let want_bottom = (limit as f64 * 0.2).round() as usize;
+    let want_mid = limit - want_top - want_bottom;
+    let mut out: Vec<Value> = Vec::with_capacity(limit);
+    out.extend(videos[..top_end].iter().take(want_top).cloned());
+    out.extend(videos[top_end..mid_end].iter().take(want_mid).cloned());
+    out.extend(videos[mid_end..].iter().take(want_bottom).cloned());
+    // Fill from whatever is left when a bucket was short.
+    for v in &videos {
+        if out.len() >= limit {
+            break;
+        }
+        if !out.contains(v) {
+            out.push(v.clone());
+        }
+    }
+    out
+}
+
+async fn genre(ctx: &Ctx, g: &GenreJob) -> Result<Value, String> {
+    let ytdlp = ctx
+        .ytdlp
+        .as_deref()
+        .ok_or_else(|| download::DownloadError::NoYtDlp.to_string())?;
+    let limit = g.limit.unwrap_or(0) as usize;
+    let search = if limit > 0 { (limit * 3).min(200) } else { 100 };
+    let run = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new(ytdlp)
+            .args(&args)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| format!("yt-dlp: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "yt-dlp failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let query = format!("ytsearch{search}:{} music playlist", g.genre);
+    let flat = run(vec![
+        "--flat-playlist".into(),
+        "--dump-json".into(),
+        "--no-warnings".into(),
+        "--".into(),
+        query,
+    ])
+    .await?;
+    let urls: Vec<String> = flat
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| {
+            v.get("url")
+                .or_else(|| v.get("webpage_url"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .filter(|u| download::check_url(u).is_ok())
+        .collect();
+    if urls.is_empty() {
+        return Ok(json!({ "tracks": [], "genre": g.genre }));
+    }
+    let mut args: Vec<String> = vec![
+        "--skip-download".into(),
+        "--dump-json".into(),
+        "--no-warnings".into(),
+        "--ignore-errors".into(),
+        "--".into(),
+    ];
+    args.extend(urls);
+    let full = run(args).await.unwrap_or_default();
+    let quality = Quality::from_config(g.quality_config.as_ref());
+    let passing: Vec<Value> = full
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| quality.passes(v))
+        .collect();
+    let chosen = diversify(passing, if limit > 0 { limit } else { usize::MAX });
+    let tracks: Vec<Value> = chosen
+        .into_iter()
+        .map(|v| {
+            let s = |k: &str| v.get(k).cloned().unwrap_or(Value::Null);
+            json!({
+                "youtube_url": v.get("webpage_url").cloned().unwrap_or(Value::Null),
+                "artist": v.get("artist").or_else(|| v.get("uploader")).cloned().unwrap_or(Value::Null),
+                "title": s("title"),
+                "view_count": s("view_count"),
+                "like_count": s("like_count"),
+                "duration": s("duration"),
+            })
+        })
+        .collect();
+    Ok(json!({ "tracks": tracks, "genre": g.genre }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn video(views: f64, likes: f64, dur: f64) -> Value {
+        json!({"view_count": views, "like_count": likes, "duration": dur, "webpage_url": format!("https://youtu.be/{views}")})
+    }
+
+    #[test]
+    fn quality_filter_uses_the_defaults_and_overrides() {
+        let q = Quality::from_config(None);
+        assert!(q.passes(&video(5000.0, 50.0, 200.0)));
+        assert!(!q.passes(&video(500.0, 50.0, 200.0)), "too few views");
+        assert!(!q.passes(&video(5000.0, 5.0, 200.0)), "too few likes");
+        assert!(!q.passes(&video(1_000_000.0, 20.0, 200.0)), "like ratio");
+        assert!(!q.passes(&video(5000.0, 50.0, 30.0)), "too short");
+        assert!(!q.passes(&video(5000.0, 50.0, 900.0)), "too long");
+        let loose = Quality::from_config(Some(
+            &json!({"min_views": 0, "min_likes": 0, "min_like_ratio": 0}),
+        ));
+        assert!(loose.passes(&video(1.0, 0.0, 100.0)));
+    }
+
+    #[test]
+    fn diversity_takes_from_every_view_bucket() {
+        let videos: Vec<Value> = (1..=50)
+            .map(|i| video(i as f64 * 1000.0, 100.0, 200.0))
+            .collect();
+        let picked = diversify(videos, 10);
+        assert_eq!(picked.len(), 10);
+        let views: Vec<f64> = picked
+            .iter()
+            .map(|v| v["view_count"].as_f64().unwrap())
+            .collect();
+        assert!(views.iter().any(|&v| v >= 41_000.0), "top bucket");
+        assert!(views.iter().any(|&v| v <= 10_000.0), "bottom bucket");
+        assert_eq!(
+            views
+                .iter()
+                .filter(|&&v| v > 10_000.0 && v < 41_000.0)
+                .count(),
+            6,
+            "middle bucket"
+        );
+    }
+}
