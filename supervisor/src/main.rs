@@ -80,7 +80,9 @@ async fn connect(args: &cli::ConnectArgs, model: Option<&std::path::Path>) -> an
         lanes: args.lanes == cli::Lanes::Auto,
         state_dir,
     };
-    let result = server::run(opts, started.pool, started.children).await;
+    let result = server::run(opts, started.pool.clone(), started.children).await;
+    // On every path, errors included: stop the children before waiting for the pool.
+    started.pool.shutdown().await;
     let _ = started.task.await;
     result
 }

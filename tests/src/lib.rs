@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod mock;
 pub mod wav;
 
 /// `../shared/corpus` beside this repository.

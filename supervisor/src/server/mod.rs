@@ -263,6 +263,9 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<(
             }
             msg = ctx.pool.fatal() => anyhow::bail!("{msg}"),
             j = lanes.join_next() => {
+                if let Some(msg) = ctx.fatal.borrow().clone() {
+                    anyhow::bail!("{msg}");
+                }
                 if j.is_none() || (*ctx.draining.borrow() && lanes.is_empty()) {
                     break;
                 }

@@ -1,0 +1,67 @@
+//! `chaarfm-mock-server`: the tests' mock ChaarFM server as a program, to try the whole
+//! flow on one machine. Queues one download job per audio file in DIR (served by the mock
+//! itself), prints each result as it arrives.
+//!
+//!     chaarfm-mock-server [--port 8765] [--protocol2 SLOTS] [--code TEST42] DIR
+//!     chaarfm-super --url http://127.0.0.1:8765 --code TEST42
+use std::time::Duration;
+
+use chaarfm_tests::mock::{Mock, MockConfig};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let Some(dir) = args.last().filter(|a| !a.starts_with("--")) else {
+        eprintln!(
+            "usage: chaarfm-mock-server [--port N] [--protocol2 SLOTS] [--code CODE] AUDIO_DIR"
+        );
+        std::process::exit(2);
+    };
+    let mut cfg = MockConfig::new(dir.into());
+    cfg.port = value("--port").and_then(|p| p.parse().ok()).unwrap_or(8765);
+    cfg.protocol2 = value("--protocol2").and_then(|p| p.parse().ok());
+    if let Some(c) = value("--code") {
+        cfg.code = c;
+    }
+    let code = cfg.code.clone();
+    let mock = Mock::start(cfg);
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_file())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    for f in &files {
+        mock.add_audio_job(f);
+    }
+    println!(
+        "mock ChaarFM on {} with {} job(s); run: chaarfm-super --url {} --code {code}",
+        mock.base_url(),
+        files.len(),
+        mock.base_url()
+    );
+    let mut seen = 0;
+    loop {
+        let got = mock.received();
+        for r in &got[seen..] {
+            let status = r.msg.get("status").and_then(|s| s.as_str()).unwrap_or("?");
+            let detail = r
+                .msg
+                .get("error")
+                .cloned()
+                .or_else(|| r.msg.get("data").and_then(|d| d.get("youtube_id")).cloned())
+                .unwrap_or_default();
+            println!("result {} {status} {detail}", r.job_id);
+        }
+        seen = got.len();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,416 @@
+//! Connect mode end to end over loopback, against the mock ChaarFM server in both modes
+//! (today's one-job-per-connection server and protocol 2), plus chaos, bad server input,
+//! bad URLs, SIGTERM and a supervisor restart with results waiting in the outbox.
+#![cfg(target_os = "linux")]
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chaarfm_tests::mock::{Mock, MockConfig};
+use chaarfm_tests::{binary, children_of, corpus_dir, cosine, references, wait_until, TempDir};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+fn start_super(mock: &Mock, state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(binary());
+    cmd.args(["--url", &mock.base_url(), "--code", "TEST42", "--state-dir"])
+        .arg(state)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("start chaarfm-super")
+}
+
+/// SIGTERM, then the exit status and stderr.
+fn stop(mut child: Child) -> (Option<i32>, String) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let done = wait_until(Duration::from_secs(120), || {
+        child.try_wait().map(|s| s.is_some()).unwrap_or(true)
+    });
+    if !done {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn status(v: &Value) -> &str {
+    v.get("status").and_then(Value::as_str).unwrap_or("")
+}
+
+/// Every corpus file as a job; every vector stored and within cosine 0.9999 of Essentia's.
+fn corpus_end_to_end(protocol2: Option<usize>) -> Mock {
+    let mut cfg = MockConfig::new(corpus_dir());
+    cfg.protocol2 = protocol2;
+    let mock = Mock::start(cfg);
+    let refs = references();
+    for name in refs.keys() {
+        mock.add_audio_job(name);
+    }
+    let state = TempDir::new("e2e");
+    let sup = start_super(&mock, state.path(), &["--workers", "2"], &[]);
+    let all = mock.wait_results(refs.len(), Duration::from_secs(300));
+    let (code, stderr) = stop(sup);
+    assert!(
+        all,
+        "only {} of {} results arrived; stderr:\n{stderr}",
+        mock.received().len(),
+        refs.len()
+    );
+    assert_eq!(code, Some(0), "stderr:\n{stderr}");
+    let stored = mock.stored();
+    for (name, r) in &refs {
+        let id = name.rsplit_once('.').map(|(s, _)| s).unwrap_or(name);
+        match &r.vector {
+            Some(want) => {
+                let got: Vec<f32> = stored
+                    .get(id)
+                    .unwrap_or_else(|| panic!("{name} not stored"))
+                    .iter()
+                    .map(|&x| x as f32)
+                    .collect();
+                let c = cosine(&got, want);
+                println!("{name:22} stored, cosine {c:.7}");
+                assert!(c >= 0.9999, "{name}: cosine {c}");
+            }
+            None => assert!(!stored.contains_key(id), "{name} should have failed"),
+        }
+    }
+    assert!(
+        mock.received().iter().all(|r| r.known),
+        "a result came back for an id the server did not hand out"
+    );
+    assert!(mock.keepalive_hits() >= 1, "no keepalive request");
+    assert_eq!(
+        std::fs::read_dir(state.join("outbox"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "outbox not empty"
+    );
+    mock
+}
+
+#[test]
+fn end_to_end_against_todays_server() {
+    let mock = corpus_end_to_end(None);
+    // No welcome: one connection per slot (2 children + 1).
+    assert_eq!(mock.hellos(), 1);
+    assert!(
+        mock.connections() >= 3,
+        "only {} connection(s): no lanes were opened",
+        mock.connections()
+    );
+}
+
+#[test]
+fn end_to_end_against_a_protocol_2_server() {
+    let mock = corpus_end_to_end(Some(3));
+    assert_eq!(mock.connections(), 1, "protocol 2 needs one connection");
+}
+
+#[test]
+fn bad_server_input_is_skipped_and_the_connection_kept() {
+    let mut cfg = MockConfig::new(corpus_dir());
+    cfg.garbage = true;
+    cfg.protocol2 = Some(2);
+    let mock = Mock::start(cfg);
+    let id = mock.add_audio_job("caves.flac");
+    let state = TempDir::new("garbage");
+    let sup = start_super(&mock, state.path(), &["--workers", "2"], &[]);
+    let got = mock.wait_results(1, Duration::from_secs(120));
+    let (code, stderr) = stop(sup);
+    assert!(got, "no result; stderr:\n{stderr}");
+    assert_eq!(code, Some(0));
+    let r = &mock.received()[0];
+    assert_eq!(r.job_id, id);
+    assert_eq!(status(&r.msg), "success");
+    assert!(mock.pongs() >= 1, "ping not answered");
+    assert_eq!(mock.connections(), 1, "garbage made the worker reconnect");
+    for why in ["not JSON", "unknown message type", "job without job_id"] {
+        assert!(stderr.contains(why), "no log line for {why:?}");
+    }
+    assert!(
+        !stderr.contains("TEST42"),
+        "the pairing code was logged in full"
+    );
+}
+
+#[test]
+fn bad_urls_fail_clearly_while_other_jobs_go_on() {
+    let mock = Mock::start(MockConfig::new(corpus_dir()));
+    let base = mock.base_url();
+    let job = |url: String| {
+        mock.add_job(serde_json::json!({"artist": "A", "title": url.clone(), "table_name": "t", "youtube_url": url}))
+    };
+    let cases = vec![
+        (
+            job("file:///etc/passwd".into()),
+            "only http:// and https://",
+        ),
+        (
+            job("ftp://example.com/song.mp3".into()),
+            "only http:// and https://",
+        ),
+        (job("-o/tmp/pwned".into()), "only http:// and https://"),
+        (job(format!("{base}/audio/missing.mp3")), "HTTP 404"),
+        (job(format!("{base}/huge.mp3")), "announces"),
+        (job(format!("{base}/stall.mp3")), "download failed"),
+    ];
+    let good = mock.add_audio_job("palace.wav");
+    let state = TempDir::new("badurls");
+    let sup = start_super(
+        &mock,
+        state.path(),
+        &["--workers", "2"],
+        &[("CHAARFM_READ_TIMEOUT_S", "2")],
+    );
+    let got = mock.wait_results(cases.len() + 1, Duration::from_secs(120));
+    let (code, stderr) = stop(sup);
+    assert!(
+        got,
+        "only {} results; stderr:\n{stderr}",
+        mock.received().len()
+    );
+    assert_eq!(code, Some(0));
+    let received = mock.received();
+    let find = |id: &str| {
+        received
+            .iter()
+            .find(|r| r.job_id == id)
+            .map(|r| r.msg.clone())
+            .unwrap()
+    };
+    for (id, want) in &cases {
+        let m = find(id);
+        let err = m.get("error").and_then(Value::as_str).unwrap_or("");
+        println!("{id}: {err}");
+        assert_eq!(status(&m), "failed");
+        assert!(err.contains(want), "{id}: {err:?} does not say {want:?}");
+    }
+    assert_eq!(status(&find(&good)), "success");
+}
+
+#[test]
+fn a_bad_pairing_code_is_reported_plainly() {
+    let mock = Mock::start(MockConfig::new(corpus_dir()));
+    let state = TempDir::new("badcode");
+    let out = Command::new(binary())
+        .args([
+            "--url",
+            &mock.base_url(),
+            "--code",
+            "WRONG1",
+            "--workers",
+            "1",
+            "--state-dir",
+        ])
+        .arg(state.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("refused pairing code") && err.contains("403"),
+        "{err}"
+    );
+    assert!(!err.contains("WRONG1"), "the code was shown in full: {err}");
+}
+
+#[test]
+fn sigterm_finishes_in_flight_jobs_and_loses_none() {
+    let mock = Mock::start(MockConfig::new(corpus_dir()));
+    let mut ids = Vec::new();
+    for name in [
+        "awakening.mp3",
+        "coherence.m4a",
+        "enemy-unknown.ogg",
+        "wz-track5.webm",
+        "caves.flac",
+        "palace.wav",
+    ] {
+        ids.push(mock.add_audio_job(name));
+    }
+    let state = TempDir::new("sigterm");
+    let sup = start_super(&mock, state.path(), &["--workers", "2"], &[]);
+    assert!(
+        mock.wait_results(1, Duration::from_secs(120)),
+        "no result before SIGTERM"
+    );
+    let (code, stderr) = stop(sup);
+    assert_eq!(code, Some(0), "{stderr}");
+    // Every job either has its result or is back in the server's queue; none in between.
+    let done: HashSet<String> = mock
+        .received()
+        .into_iter()
+        .filter(|r| status(&r.msg) == "success")
+        .map(|r| r.job_id)
+        .collect();
+    assert_eq!(
+        done.len() + mock.queued(),
+        ids.len(),
+        "a job was lost: {} done, {} queued",
+        done.len(),
+        mock.queued()
+    );
+    assert!(
+        done.len() < ids.len(),
+        "SIGTERM came after everything was done; nothing was tested"
+    );
+}
+
+#[test]
+fn results_in_the_outbox_survive_a_supervisor_kill() {
+    let state = TempDir::new("outbox");
+    let outbox = state.join("outbox");
+    let count = || {
+        std::fs::read_dir(&outbox)
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    // A protocol-2 server that never acknowledges: results are sent but stay in the outbox.
+    let mut cfg = MockConfig::new(corpus_dir());
+    cfg.protocol2 = Some(3);
+    cfg.ack = false;
+    let first = Mock::start(cfg);
+    let ids: Vec<String> = ["caves.flac", "palace.wav"]
+        .iter()
+        .map(|n| first.add_audio_job(n))
+        .collect();
+    let sup = start_super(&first, state.path(), &["--workers", "2"], &[]);
+    assert!(
+        first.wait_results(2, Duration::from_secs(120)),
+        "results never sent"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || count() == 2),
+        "unacknowledged results not kept in the outbox"
+    );
+    kill(Pid::from_raw(sup.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = sup.wait_with_output();
+    drop(first);
+
+    // A new supervisor, the same state dir, a server with no jobs: the outbox goes first.
+    let mut cfg = MockConfig::new(corpus_dir());
+    cfg.protocol2 = Some(3);
+    let second = Mock::start(cfg);
+    let sup = start_super(&second, state.path(), &["--workers", "1"], &[]);
+    let got = second.wait_results(2, Duration::from_secs(60));
+    let emptied = wait_until(Duration::from_secs(10), || count() == 0);
+    let (code, stderr) = stop(sup);
+    assert!(got, "outbox not delivered; stderr:\n{stderr}");
+    assert_eq!(code, Some(0));
+    let delivered: HashSet<String> = second.received().into_iter().map(|r| r.job_id).collect();
+    assert_eq!(delivered, ids.into_iter().collect::<HashSet<_>>());
+    assert!(
+        second.received().iter().all(|r| !r.known),
+        "the new server never handed these out"
+    );
+    assert_eq!(
+        second.stored().len(),
+        2,
+        "results for unknown ids are still stored"
+    );
+    assert!(emptied, "outbox not emptied after the acks");
+}
+
+#[test]
+fn chaos_dropped_connections_and_killed_children_lose_nothing() {
+    let audio = TempDir::new("chaos-audio");
+    let mut names = Vec::new();
+    for copy in 0..2 {
+        for (name, r) in references() {
+            if r.vector.is_some() {
+                let n = format!("c{copy}-{name}");
+                std::fs::copy(corpus_dir().join(&name), audio.join(&n)).unwrap();
+                names.push((n, r.vector.clone().unwrap()));
+            }
+        }
+    }
+    let mut cfg = MockConfig::new(audio.path().to_path_buf());
+    cfg.drop_after = Some(Duration::from_secs(3));
+    let mock = Mock::start(cfg);
+    for (n, _) in &names {
+        mock.add_audio_job(n);
+    }
+    let state = TempDir::new("chaos-state");
+    let sup = start_super(&mock, state.path(), &["--workers", "3"], &[]);
+    let sup_pid = sup.id();
+    let mut kills = 0;
+    let mut seed = 0x9e37_79b9u32;
+    let mut sup = sup;
+    let all_stored = wait_until(Duration::from_secs(400), || {
+        if mock.stored().len() >= names.len() || !matches!(sup.try_wait(), Ok(None)) {
+            return true;
+        }
+        // Chaos schedule: a random child every 2 s.
+        std::thread::sleep(Duration::from_secs(2));
+        let kids = children_of(sup_pid);
+        if !kids.is_empty() {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            if kill(
+                Pid::from_raw(kids[seed as usize % kids.len()] as i32),
+                Signal::SIGKILL,
+            )
+            .is_ok()
+            {
+                kills += 1;
+            }
+        }
+        false
+    });
+    let all_stored = all_stored && mock.stored().len() >= names.len();
+    let (code, stderr) = stop(sup);
+    println!(
+        "{kills} children killed; {} connections; {} results received",
+        mock.connections(),
+        mock.received().len()
+    );
+    assert!(
+        all_stored,
+        "stuck: {} of {} stored; stderr tail:\n{}",
+        mock.stored().len(),
+        names.len(),
+        stderr.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+    assert_eq!(code, Some(0));
+    assert!(
+        kills >= 3 && mock.connections() >= 6,
+        "not much chaos: {kills} kills, {} connections",
+        mock.connections()
+    );
+    let stored = mock.stored();
+    assert_eq!(stored.len(), names.len(), "stored twice or missing");
+    for (n, want) in &names {
+        let id = n.rsplit_once('.').map(|(s, _)| s).unwrap();
+        let got: Vec<f32> = stored[id].iter().map(|&x| x as f32).collect();
+        assert!(cosine(&got, want) >= 0.9999, "{n}");
+    }
+    let failed: Vec<_> = mock
+        .received()
+        .into_iter()
+        .filter(|r| status(&r.msg) == "failed")
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "failed results under chaos: {:?}",
+        failed.iter().map(|r| r.msg.to_string()).collect::<Vec<_>>()
+    );
+}
