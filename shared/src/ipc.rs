@@ -168,6 +168,7 @@ mod tests {
                     duration_s: 5.0,
                     timings: Timings::default(),
                     peak_rss_kib: 1,
+                    wall_ms: 2.0,
                 },
             },
             FromChild::Heartbeat,

@@ -65,6 +65,7 @@ mod tests {
             patches: 3,
             duration_s: 4.5,
             tags: None,
+            file: None,
         };
         let line = serde_json::to_string(&ok).unwrap();
         assert_eq!(
@@ -75,6 +76,7 @@ mod tests {
         let bad = Record::Failed {
             path: "b.wav".into(),
             error: "file is empty".into(),
+            file: None,
         };
         let line = serde_json::to_string(&bad).unwrap();
         assert_eq!(line, r#"{"path":"b.wav","error":"file is empty"}"#);

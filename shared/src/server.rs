@@ -178,6 +178,11 @@ mod tests {
 
     #[test]
     fn results_have_the_python_workers_shape() {
+        // Compared as JSON values: key order means nothing to the server.
+        let same = |msg: &WorkerMsg, want: &str| {
+            let got: Value = serde_json::to_value(msg).unwrap();
+            assert_eq!(got, serde_json::from_str::<Value>(want).unwrap());
+        };
         let data = serde_json::to_value(TrackData {
             artist: "A".into(),
             title: "T".into(),
@@ -190,31 +195,28 @@ mod tests {
             job_id: "j".into(),
             outcome: Outcome::Success { data },
         });
-        assert_eq!(
-            serde_json::to_string(&ok).unwrap(),
-            r#"{"type":"result","job_id":"j","status":"success","data":{"artist":"A","title":"T","youtube_id":"x","vector":[1.0],"source_url":null}}"#
+        same(
+            &ok,
+            r#"{"type":"result","job_id":"j","status":"success","data":{"artist":"A","title":"T","youtube_id":"x","vector":[1.0],"source_url":null}}"#,
         );
         let bad = WorkerMsg::Result(JobResult {
             job_id: "j".into(),
             outcome: Outcome::Failed { error: "e".into() },
         });
-        assert_eq!(
-            serde_json::to_string(&bad).unwrap(),
-            r#"{"type":"result","job_id":"j","status":"failed","error":"e"}"#
+        same(
+            &bad,
+            r#"{"type":"result","job_id":"j","status":"failed","error":"e"}"#,
         );
         let hello = WorkerMsg::Hello {
             agent: "chaarfm-super/0.1.0".into(),
             slots: 3,
             protocol: PROTOCOL,
         };
-        assert_eq!(
-            serde_json::to_string(&hello).unwrap(),
-            r#"{"type":"hello","agent":"chaarfm-super/0.1.0","slots":3,"protocol":2}"#
+        same(
+            &hello,
+            r#"{"type":"hello","agent":"chaarfm-super/0.1.0","slots":3,"protocol":2}"#,
         );
-        assert_eq!(
-            serde_json::to_string(&WorkerMsg::Pong).unwrap(),
-            r#"{"type":"pong"}"#
-        );
+        same(&WorkerMsg::Pong, r#"{"type":"pong"}"#);
     }
 
     #[test]

@@ -303,6 +303,8 @@ fn store(s: &mut State, msg: &Value) {
 
 async fn worker(sock: TcpStream, st: Arc<Mutex<State>>, cfg: Arc<MockConfig>) {
     let expected = format!("/ws/remote/{}/worker", cfg.code);
+    // The callback's signature is tungstenite's; its error type is not ours to shrink.
+    #[allow(clippy::result_large_err)]
     let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() == expected {
             Ok(resp)

@@ -5,8 +5,9 @@
 //!   SIGFPE...), a non-zero or unexpected exit, or the supervisor's own kill for a
 //!   timeout, the memory ceiling or a lost heartbeat: the job gets **3** attempts;
 //! - a SIGKILL the supervisor did not send (an operator, the kernel's OOM killer): the job
-//!   gets **10** attempts, since the job is probably innocent;
-//! then it fails with the last cause and the count, e.g. `child killed by SIGSEGV on 3
+//!   gets **10** attempts, since the job is probably innocent.
+//!
+//! Then it fails with the last cause and the count, e.g. `child killed by SIGSEGV on 3
 //! attempts`. A retried job goes to the front of the queue.
 
 use std::time::Duration;

@@ -208,6 +208,12 @@ pub fn http_download(url: &str, dest: &Path, limits: &Limits) -> Result<(), Down
                     max_mb: mb(limits.max_bytes),
                 })
             }
+            Err(e) if e.to_string().contains("timeout") => {
+                return Err(DownloadError::Transport(format!(
+                    "the server sent nothing for {} s (stalled)",
+                    limits.read_timeout.as_secs_f64()
+                )))
+            }
             Err(e) => return Err(DownloadError::Transport(e.to_string())),
         };
         total += n as u64;

@@ -1,0 +1,68 @@
+//! End-to-end throughput over loopback: the mock ChaarFM server (today's one-job-per-
+//! connection semantics, or protocol 2 with `--protocol2`) serves the corpus x4 as download
+//! jobs; `chaarfm-super --workers auto` downloads, embeds and returns them. Prints x realtime.
+//!
+//! Run: `cargo bench -p chaarfm-tests --bench server [-- --protocol2]` (after `cargo build --release`).
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chaarfm_tests::mock::{Mock, MockConfig};
+use chaarfm_tests::{binary, corpus_dir, references, TempDir};
+
+fn main() -> anyhow::Result<()> {
+    let p2 = std::env::args().any(|a| a == "--protocol2");
+    let audio = TempDir::new("bench-server-audio");
+    let mut seconds = 0.0;
+    let mut names = Vec::new();
+    for copy in 0..4 {
+        for (name, r) in references() {
+            if r.vector.is_some() {
+                let n = format!("{copy}-{name}");
+                std::fs::copy(corpus_dir().join(&name), audio.join(&n))?;
+                seconds += r.seconds;
+                names.push(n);
+            }
+        }
+    }
+    let mut cfg = MockConfig::new(audio.path().to_path_buf());
+    cfg.protocol2 = p2.then_some(3);
+    let mock = Mock::start(cfg);
+    for n in &names {
+        mock.add_audio_job(n);
+    }
+    let state = TempDir::new("bench-server-state");
+    let t = Instant::now();
+    let mut sup = Command::new(binary())
+        .args([
+            "--url",
+            &mock.base_url(),
+            "--code",
+            "TEST42",
+            "--workers",
+            "auto",
+            "--state-dir",
+        ])
+        .arg(state.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let ok = mock.wait_results(names.len(), Duration::from_secs(1200));
+    let wall = t.elapsed().as_secs_f64();
+    let _ = sup.kill();
+    let _ = sup.wait();
+    anyhow::ensure!(
+        ok,
+        "only {} of {} results",
+        mock.received().len(),
+        names.len()
+    );
+    let stored = mock.stored().len();
+    println!(
+        "{} mode: {} jobs ({seconds:.0} s of audio) in {wall:.1} s = {:.1}x realtime end to end over loopback, {stored} stored, {} connection(s)",
+        if p2 { "protocol-2" } else { "legacy" },
+        names.len(),
+        seconds / wall,
+        mock.connections()
+    );
+    Ok(())
+}
