@@ -39,6 +39,13 @@ pub enum DecodeError {
     RateChange { from: u32, to: u32 },
 }
 
+/// Artist and title from the file's own tags (ID3, Vorbis comments, MP4 atoms...).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FileTags {
+    pub artist: Option<String>,
+    pub title: Option<String>,
+}
+
 /// What the decoder saw, for logs and benchmarks.
 #[derive(Debug, Clone, Default)]
 pub struct DecodeStats {
@@ -138,6 +145,33 @@ impl AudioStream {
     /// What was decoded so far.
     pub fn stats(&self) -> &DecodeStats {
         &self.stats
+    }
+
+    /// Artist and title from every metadata revision seen so far (later ones win).
+    pub fn file_tags(&mut self) -> FileTags {
+        use symphonia::core::meta::StandardTag;
+        let mut out = FileTags::default();
+        let mut meta = self.reader.metadata();
+        loop {
+            if let Some(rev) = meta.current() {
+                let per_track = rev.per_track.iter().flat_map(|t| t.metadata.tags.iter());
+                for tag in rev.media.tags.iter().chain(per_track) {
+                    match &tag.std {
+                        Some(StandardTag::Artist(a)) if !a.trim().is_empty() => {
+                            out.artist = Some(a.trim().to_string())
+                        }
+                        Some(StandardTag::TrackTitle(t)) if !t.trim().is_empty() => {
+                            out.title = Some(t.trim().to_string())
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if meta.is_latest() || meta.pop().is_none() {
+                break;
+            }
+        }
+        out
     }
 
     /// Replaces `mono` with the next decoded samples. Returns `false` at the end.

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::decode::{AudioStream, DecodeError, DecodeStats};
+use crate::decode::{AudioStream, DecodeError, DecodeStats, FileTags};
 use crate::features::{min_patch_seconds, MelFrames, MelSpectrogram, SAMPLE_RATE};
 use crate::infer::{InferError, Musicnn};
 use crate::resample::{ResampleError, Resampler};
@@ -29,14 +29,7 @@ pub enum EmbedError {
     Infer(#[from] InferError),
 }
 
-/// Where the time went, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
-pub struct Timings {
-    pub decode_ms: f64,
-    pub resample_ms: f64,
-    pub features_ms: f64,
-    pub infer_ms: f64,
-}
+pub use chaarfm_shared::ipc::Timings;
 
 /// Audio of one file turned into model input.
 #[derive(Debug)]
@@ -45,6 +38,7 @@ pub struct Features {
     pub decode: DecodeStats,
     pub source_rate: u32,
     pub timings: Timings,
+    pub tags: FileTags,
 }
 
 impl Features {
@@ -117,6 +111,7 @@ pub fn features(path: &Path) -> Result<Features, EmbedError> {
         decode: stream.stats().clone(),
         source_rate,
         timings: t,
+        tags: stream.file_tags(),
     })
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chaarfm_shared::ipc::{self, FromChild, JobError, JobOutput, Timings, ToChild};
+use chaarfm_shared::ipc::{self, FromChild, JobError, JobOutput, ToChild};
 use interprocess::local_socket::prelude::*;
 use interprocess::local_socket::{Name, Stream};
 
@@ -159,19 +159,17 @@ fn embed(model: &mut Musicnn, job: &ipc::Job, writer: &Writer) -> Result<JobOutp
     );
     let start = Instant::now();
     let p = model.predict(&features.mel).map_err(|e| e.to_string())?;
-    let t = features.timings;
+    let mut timings = features.timings;
+    timings.infer_ms = start.elapsed().as_secs_f64() * 1e3;
     Ok(JobOutput {
         vector: p.vector,
         tags: if job.tags { p.tags } else { Vec::new() },
         patches: p.patches as u32,
         duration_s,
-        timings: Timings {
-            decode_ms: t.decode_ms,
-            resample_ms: t.resample_ms,
-            features_ms: t.features_ms,
-            infer_ms: start.elapsed().as_secs_f64() * 1e3,
-        },
+        timings,
         peak_rss_kib: isolation::peak_rss_kib(),
         wall_ms: 0.0,
+        artist: features.tags.artist,
+        title: features.tags.title,
     })
 }

@@ -51,6 +51,9 @@ pub struct JobOutput {
     /// The child's wall time for the job, from receiving it to replying, in ms; the
     /// supervisor's own measure minus this is the IPC and scheduling overhead.
     pub wall_ms: f64,
+    /// Artist and title from the file's own tags, if it has them.
+    pub artist: Option<String>,
+    pub title: Option<String>,
 }
 
 /// Why a job failed inside a healthy child (the file's fault, not the child's).
@@ -169,6 +172,8 @@ mod tests {
                     timings: Timings::default(),
                     peak_rss_kib: 1,
                     wall_ms: 2.0,
+                    artist: Some("A".into()),
+                    title: None,
                 },
             },
             FromChild::Heartbeat,

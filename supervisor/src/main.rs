@@ -6,6 +6,7 @@ mod ingest;
 mod launch;
 mod logging;
 mod pool;
+mod private_dir;
 mod server;
 mod signals;
 mod sizing;

@@ -241,3 +241,19 @@ pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) 
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// SIGKILLs one child of `parent`, chosen by a xorshift on `seed`; returns whether one was
+/// killed. The chaos tests call it on their schedule (every 2 s).
+#[cfg(target_os = "linux")]
+pub fn kill_random_child(parent: u32, seed: &mut u32) -> bool {
+    use nix::sys::signal::{kill, Signal};
+    let kids = children_of(parent);
+    if kids.is_empty() {
+        return false;
+    }
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 17;
+    *seed ^= *seed << 5;
+    let victim = kids[*seed as usize % kids.len()];
+    kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).is_ok()
+}

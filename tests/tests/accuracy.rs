@@ -55,3 +55,26 @@ fn corpus_matches_essentia() {
     );
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+#[test]
+fn artist_and_title_come_from_the_files_own_tags() {
+    use chaarfm_child::decode::{AudioStream, FileTags};
+    let tags = |name: &str| {
+        let mut s = AudioStream::open(&corpus_dir().join(name)).expect("open");
+        let mut chunk = Vec::new();
+        while s.next_chunk(&mut chunk).expect("decode") {}
+        s.file_tags()
+    };
+    assert_eq!(
+        tags("enemy-unknown.ogg"),
+        FileTags {
+            artist: Some("Maxstack".into()),
+            title: Some("Enemy Unknown".into())
+        }
+    );
+    assert_eq!(
+        tags("awakening.mp3"),
+        FileTags::default(),
+        "awakening.mp3 has no tags (ffprobe agrees)"
+    );
+}

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use chaarfm_shared::record::Record;
 use chaarfm_tests::{
-    alive, binary, children_of, make_clips, read_records, run_super, wait_until, TempDir,
+    alive, binary, children_of, kill_random_child, make_clips, read_records, run_super, wait_until,
+    TempDir,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -73,15 +74,8 @@ fn chaos_random_child_sigkills_lose_nothing_and_change_nothing() {
         }
         // A random child, every 2 s (the chaos schedule, not synchronisation).
         std::thread::sleep(Duration::from_secs(2));
-        let kids = children_of(sup_pid);
-        if !kids.is_empty() {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            let victim = kids[seed as usize % kids.len()];
-            if kill(Pid::from_raw(victim as i32), Signal::SIGKILL).is_ok() {
-                kills += 1;
-            }
+        if kill_random_child(sup_pid, &mut seed) {
+            kills += 1;
         }
     };
     let output = sup.wait_with_output().unwrap();

@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use chaarfm_tests::mock::{Mock, MockConfig};
-use chaarfm_tests::{binary, children_of, corpus_dir, cosine, references, wait_until, TempDir};
+use chaarfm_tests::{
+    binary, corpus_dir, cosine, kill_random_child, references, wait_until, TempDir,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -119,14 +121,29 @@ fn end_to_end_against_a_protocol_2_server() {
 }
 
 #[test]
-fn bad_server_input_is_skipped_and_the_connection_kept() {
+fn bad_server_input_is_skipped_and_the_connection_kept_legacy() {
+    bad_server_input(None);
+}
+
+#[test]
+fn bad_server_input_is_skipped_and_the_connection_kept_protocol_2() {
+    bad_server_input(Some(2));
+}
+
+fn bad_server_input(protocol2: Option<usize>) {
     let mut cfg = MockConfig::new(corpus_dir());
     cfg.garbage = true;
-    cfg.protocol2 = Some(2);
+    cfg.protocol2 = protocol2;
     let mock = Mock::start(cfg);
     let id = mock.add_audio_job("caves.flac");
     let state = TempDir::new("garbage");
-    let sup = start_super(&mock, state.path(), &["--workers", "2"], &[]);
+    // One connection: no lanes, so "kept" is easy to see.
+    let sup = start_super(
+        &mock,
+        state.path(),
+        &["--workers", "2", "--lanes", "off"],
+        &[],
+    );
     let got = mock.wait_results(1, Duration::from_secs(120));
     let (code, stderr) = stop(sup);
     assert!(got, "no result; stderr:\n{stderr}");
@@ -330,7 +347,16 @@ fn results_in_the_outbox_survive_a_supervisor_kill() {
 }
 
 #[test]
-fn chaos_dropped_connections_and_killed_children_lose_nothing() {
+fn chaos_dropped_connections_and_killed_children_lose_nothing_legacy() {
+    chaos(None);
+}
+
+#[test]
+fn chaos_dropped_connections_and_killed_children_lose_nothing_protocol_2() {
+    chaos(Some(4));
+}
+
+fn chaos(protocol2: Option<usize>) {
     let audio = TempDir::new("chaos-audio");
     let mut names = Vec::new();
     for copy in 0..2 {
@@ -344,6 +370,7 @@ fn chaos_dropped_connections_and_killed_children_lose_nothing() {
     }
     let mut cfg = MockConfig::new(audio.path().to_path_buf());
     cfg.drop_after = Some(Duration::from_secs(3));
+    cfg.protocol2 = protocol2;
     let mock = Mock::start(cfg);
     for (n, _) in &names {
         mock.add_audio_job(n);
@@ -360,19 +387,8 @@ fn chaos_dropped_connections_and_killed_children_lose_nothing() {
         }
         // Chaos schedule: a random child every 2 s.
         std::thread::sleep(Duration::from_secs(2));
-        let kids = children_of(sup_pid);
-        if !kids.is_empty() {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            if kill(
-                Pid::from_raw(kids[seed as usize % kids.len()] as i32),
-                Signal::SIGKILL,
-            )
-            .is_ok()
-            {
-                kills += 1;
-            }
+        if kill_random_child(sup_pid, &mut seed) {
+            kills += 1;
         }
         false
     });

@@ -163,16 +163,9 @@ impl Pool {
 
 /// A private directory for the sockets (0700 on Unix), swept of a previous run's.
 fn private_dir() -> std::io::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("chaarfm-super-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut b = std::fs::DirBuilder::new();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        b.mode(0o700);
-    }
-    b.recursive(true).create(&dir)?;
-    Ok(dir)
+    crate::private_dir::fresh(
+        &std::env::temp_dir().join(format!("chaarfm-super-{}", std::process::id())),
+    )
 }
 
 enum SlotState {

@@ -160,16 +160,7 @@ impl Ctx {
 
 /// A private directory for downloads (0700), emptied at start.
 fn private_tmp(state_dir: &std::path::Path) -> std::io::Result<PathBuf> {
-    let dir = state_dir.join("tmp");
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut b = std::fs::DirBuilder::new();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        b.mode(0o700);
-    }
-    b.recursive(true).create(&dir)?;
-    Ok(dir)
+    crate::private_dir::fresh(&state_dir.join("tmp"))
 }
 
 /// Runs connect mode until a signal (drain, exit 0) or a fatal error.

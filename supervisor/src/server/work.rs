@@ -192,10 +192,12 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
             .map(str::to_string)
     };
     let youtube_id = meta_str("id").unwrap_or_else(|| download::youtube_id(&got.source_url));
+    // The job's, else the file's tags, else the download's metadata, else the defaults.
     let artist = d
         .artist
         .clone()
         .filter(|s| !s.is_empty())
+        .or_else(|| out.artist.clone())
         .or_else(|| meta_str("artist"))
         .or_else(|| meta_str("uploader"))
         .unwrap_or_else(|| "YouTube Artist".into());
@@ -203,6 +205,7 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
         .title
         .clone()
         .filter(|s| !s.is_empty())
+        .or_else(|| out.title.clone())
         .or_else(|| meta_str("title"))
         .unwrap_or_else(|| format!("Test Track {youtube_id}"));
     serde_json::to_value(TrackData {
