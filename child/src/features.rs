@@ -190,11 +190,17 @@ pub fn mel_patches(mel: &MelSpectrogram) -> impl ExactSizeIterator<Item = &[f32]
     (0..mel.patches()).map(move |p| mel.patch(p))
 }
 
+/// The window and filterbank, built once per process and shared by every track.
+fn tables() -> &'static (Vec<f32>, MelFilterbank) {
+    static T: std::sync::OnceLock<(Vec<f32>, MelFilterbank)> = std::sync::OnceLock::new();
+    T.get_or_init(|| (hann_window(), MelFilterbank::new()))
+}
+
 /// Streaming frame cutter + mel features. Push 16 kHz mono samples in any chunk sizes,
 /// then [`MelFrames::finish`].
 pub struct MelFrames {
-    window: Vec<f32>,
-    filterbank: MelFilterbank,
+    window: &'static [f32],
+    filterbank: &'static MelFilterbank,
     fft: Arc<dyn RealToComplex<f32>>,
     fft_in: Vec<f32>,
     fft_out: Vec<realfft::num_complex::Complex<f32>>,
@@ -217,9 +223,10 @@ impl MelFrames {
     /// A fresh extractor. Frame 0 starts 256 samples before the signal (zeros).
     pub fn new() -> Self {
         let fft = RealFftPlanner::<f32>::new().plan_fft_forward(FRAME_SIZE);
+        let (window, filterbank) = tables();
         Self {
-            window: hann_window(),
-            filterbank: MelFilterbank::new(),
+            window,
+            filterbank,
             fft_in: fft.make_input_vec(),
             fft_out: fft.make_output_vec(),
             fft_scratch: fft.make_scratch_vec(),
@@ -267,7 +274,7 @@ impl MelFrames {
 
     fn compute_frame(&mut self) {
         let frame = &self.pending[self.pos..self.pos + FRAME_SIZE];
-        for ((dst, &x), &w) in self.fft_in.iter_mut().zip(frame).zip(&self.window) {
+        for ((dst, &x), &w) in self.fft_in.iter_mut().zip(frame).zip(self.window) {
             *dst = x * w;
         }
         // The lengths are fixed by construction, so the FFT cannot fail.
