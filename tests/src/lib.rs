@@ -257,3 +257,54 @@ pub fn kill_random_child(parent: u32, seed: &mut u32) -> bool {
     let victim = kids[*seed as usize % kids.len()];
     kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).is_ok()
 }
+
+/// A background `chaarfm-super` whose stdout and stderr are read as they come: a full pipe
+/// would block the supervisor's one thread (and with it the whole pool).
+pub struct Spawned {
+    pub child: std::process::Child,
+    out: Option<std::thread::JoinHandle<Vec<u8>>>,
+    err: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Spawned {
+    /// Spawns `cmd` with both output streams drained into memory.
+    pub fn spawn(mut cmd: std::process::Command) -> Spawned {
+        use std::io::Read;
+        use std::process::Stdio;
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn chaarfm-super");
+        let drain = |mut r: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = r.read_to_end(&mut buf);
+                buf
+            })
+        };
+        let out = child.stdout.take().map(|s| drain(Box::new(s)));
+        let err = child.stderr.take().map(|s| drain(Box::new(s)));
+        Spawned { child, out, err }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the exit; returns the status code and everything it printed.
+    pub fn wait(mut self) -> (Option<i32>, String, String) {
+        let status = self.child.wait().ok().and_then(|s| s.code());
+        let text = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
+            h.and_then(|h| h.join().ok())
+                .map(|b| String::from_utf8_lossy(&b).to_string())
+                .unwrap_or_default()
+        };
+        (status, text(self.out.take()), text(self.err.take()))
+    }
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chaarfm_shared::record::Record;
 use chaarfm_tests::{
     alive, binary, children_of, kill_random_child, make_clips, read_records, run_super, wait_until,
-    TempDir,
+    Spawned, TempDir,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -59,33 +59,22 @@ fn chaos_random_child_sigkills_lose_nothing_and_change_nothing() {
     assert_eq!(calm.len(), clips.len());
 
     let chaos_out = dir.join("chaos.jsonl");
-    let mut sup = Command::new(binary())
-        .args(ingest_args(&chaos_out, &["--workers", "3"], &clips))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(binary());
+    cmd.args(ingest_args(&chaos_out, &["--workers", "3"], &clips));
+    let mut sup = Spawned::spawn(cmd);
     let sup_pid = sup.id();
     let mut kills = 0;
     let mut seed = 0x2545_f491u32;
-    let status = loop {
-        if let Some(status) = sup.try_wait().unwrap() {
-            break status;
-        }
+    while sup.running() {
         // A random child, every 2 s (the chaos schedule, not synchronisation).
         std::thread::sleep(Duration::from_secs(2));
         if kill_random_child(sup_pid, &mut seed) {
             kills += 1;
         }
-    };
-    let output = sup.wait_with_output().unwrap();
-    let summary = String::from_utf8_lossy(&output.stdout);
+    }
+    let (code, summary, stderr) = sup.wait();
     println!("{kills} children killed during the chaos run\n{summary}");
-    assert!(
-        status.success(),
-        "chaos run: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_eq!(code, Some(0), "chaos run: {stderr}");
     assert!(
         kills >= 3,
         "only {kills} kills: the chaos run was too short to test anything"
@@ -212,26 +201,17 @@ fn sigterm_drains_exits_zero_and_a_rerun_finishes_the_rest() {
     let dir = TempDir::new("drain");
     let clips = make_clips(dir.path(), 10);
     let out = dir.join("out.jsonl");
-    let sup = Command::new(binary())
-        .args(ingest_args(&out, &["--workers", "2"], &clips))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(binary());
+    cmd.args(ingest_args(&out, &["--workers", "2"], &clips));
+    let sup = Spawned::spawn(cmd);
     // Once the first result is written, jobs are in flight: stop now.
     assert!(
         wait_until(Duration::from_secs(60), || !read_records(&out).is_empty()),
         "no result was ever written"
     );
     kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
-    let output = sup.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (code, stdout, stderr) = sup.wait();
+    assert_eq!(code, Some(0), "stderr: {stderr}");
     assert!(stdout.contains("ingest: "), "no summary: {stdout}");
     let first = by_path(&read_records(&out));
     assert!(

@@ -5,44 +5,36 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use chaarfm_tests::mock::{Mock, MockConfig};
 use chaarfm_tests::{
-    binary, corpus_dir, cosine, kill_random_child, references, wait_until, TempDir,
+    binary, corpus_dir, cosine, kill_random_child, references, wait_until, Spawned, TempDir,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-fn start_super(mock: &Mock, state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Child {
+fn start_super(mock: &Mock, state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Spawned {
     let mut cmd = Command::new(binary());
     cmd.args(["--url", &mock.base_url(), "--code", "TEST42", "--state-dir"])
         .arg(state)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .args(extra);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("start chaarfm-super")
+    Spawned::spawn(cmd)
 }
 
 /// SIGTERM, then the exit status and stderr.
-fn stop(mut child: Child) -> (Option<i32>, String) {
-    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-    let done = wait_until(Duration::from_secs(120), || {
-        child.try_wait().map(|s| s.is_some()).unwrap_or(true)
-    });
-    if !done {
-        let _ = child.kill();
+fn stop(mut sup: Spawned) -> (Option<i32>, String) {
+    let _ = kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM);
+    if !wait_until(Duration::from_secs(120), || !sup.running()) {
+        let _ = sup.child.kill();
     }
-    let out = child.wait_with_output().expect("wait");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    let (code, _, stderr) = sup.wait();
+    (code, stderr)
 }
 
 fn status(v: &Value) -> &str {
@@ -319,7 +311,7 @@ fn results_in_the_outbox_survive_a_supervisor_kill() {
         "unacknowledged results not kept in the outbox"
     );
     kill(Pid::from_raw(sup.id() as i32), Signal::SIGKILL).unwrap();
-    let _ = sup.wait_with_output();
+    let _ = sup.wait();
     drop(first);
 
     // A new supervisor, the same state dir, a server with no jobs: the outbox goes first.
@@ -382,7 +374,7 @@ fn chaos(protocol2: Option<usize>) {
     let mut seed = 0x9e37_79b9u32;
     let mut sup = sup;
     let all_stored = wait_until(Duration::from_secs(400), || {
-        if mock.stored().len() >= names.len() || !matches!(sup.try_wait(), Ok(None)) {
+        if mock.stored().len() >= names.len() || !sup.running() {
             return true;
         }
         // Chaos schedule: a random child every 2 s.
