@@ -15,7 +15,6 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 
 need_apt=()
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
-command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing ${need_apt[*]} with apt-get"
