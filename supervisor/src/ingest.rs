@@ -92,16 +92,13 @@ fn already_done(out: &Path) -> anyhow::Result<(HashSet<(String, FileStamp)>, boo
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((done, false)),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", out.display())),
     };
-    let mut ends_clean = true;
     for line in std::io::BufReader::new(f).split(b'\n') {
         let line = line.with_context(|| format!("cannot read {}", out.display()))?;
-        ends_clean = true;
+        // A line cut short by a crash does not parse: that file is simply done again.
         if let Ok(r) = serde_json::from_slice::<Record>(&line) {
             if let Some(s) = r.file() {
                 done.insert((r.path().to_string(), s));
             }
-        } else if !line.is_empty() {
-            ends_clean = false;
         }
     }
     let len = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
@@ -113,7 +110,6 @@ fn already_done(out: &Path) -> anyhow::Result<(HashSet<(String, FileStamp)>, boo
         f.read_exact(&mut b)?;
         b[0] != b'\n'
     };
-    let _ = ends_clean;
     Ok((done, needs_newline))
 }
 

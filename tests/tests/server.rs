@@ -209,6 +209,13 @@ fn bad_urls_fail_clearly_while_other_jobs_go_on() {
         assert!(err.contains(want), "{id}: {err:?} does not say {want:?}");
     }
     assert_eq!(status(&find(&good)), "success");
+    // Downloads, finished or cut short, are removed with their jobs.
+    let left: Vec<_> = std::fs::read_dir(state.join("tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "download directory not cleaned: {left:?}");
 }
 
 #[test]

@@ -108,6 +108,8 @@ pub struct Ctx {
     pub tmp: PathBuf,
     url: String,
     masked_url: String,
+    /// The pairing code as logs and errors may show it.
+    masked_code: String,
     base: String,
     protocol2: AtomicBool,
     lanes: Mutex<Vec<mpsc::UnboundedSender<Entry>>>,
@@ -193,6 +195,7 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<(
         tmp: private_tmp(&opts.state_dir).context("creating the download directory")?,
         url,
         masked_url,
+        masked_code: mask(&opts.code),
         base: opts.base.trim_end_matches('/').to_string(),
         protocol2: AtomicBool::new(false),
         lanes: Mutex::new(Vec::new()),
@@ -308,7 +311,7 @@ async fn lane(ctx: Arc<Ctx>, id: usize, mut results: mpsc::UnboundedReceiver<Ent
             {
                 let msg = format!(
                     "the server refused pairing code {} (HTTP {}): check --code / CHAARFM_CODE against the code shown on the /ingest page",
-                    mask(&ctx_code(&ctx)),
+                    ctx.masked_code,
                     resp.status()
                 );
                 let _ = ctx.fatal.send(Some(msg));
@@ -342,10 +345,6 @@ async fn lane(ctx: Arc<Ctx>, id: usize, mut results: mpsc::UnboundedReceiver<Ent
         let d = backoff.next_delay();
         let _ = wait_or_drain(&mut draining, d).await;
     }
-}
-
-fn ctx_code(ctx: &Ctx) -> String {
-    ctx.url.rsplit('/').nth(1).unwrap_or("").to_string()
 }
 
 fn has_pending(ctx: &Ctx, lane: usize) -> bool {

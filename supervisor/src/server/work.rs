@@ -6,7 +6,6 @@
 //! would waste a slot.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -101,13 +100,24 @@ async fn execute(ctx: &Ctx, job: &ServerJob) -> Outcome {
     }
 }
 
-/// Removes a download when the job is done, whatever happened.
-struct TempFile(Option<PathBuf>);
+/// Removes every file of one job from the download directory when the job is done,
+/// whatever happened: the download, and yt-dlp's partial files if it failed midway.
+/// Files are named `<stem>.<ext...>`, the stem unique per job.
+struct JobFiles<'a> {
+    dir: &'a std::path::Path,
+    stem: &'a str,
+}
 
-impl Drop for TempFile {
+impl Drop for JobFiles<'_> {
     fn drop(&mut self) {
-        if let Some(p) = &self.0 {
-            let _ = std::fs::remove_file(p);
+        let Ok(entries) = std::fs::read_dir(self.dir) else {
+            return;
+        };
+        let prefix = format!("{}.", self.stem);
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
 }
@@ -123,6 +133,10 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
     } else {
         stem
     };
+    let _cleanup = JobFiles {
+        dir: &ctx.tmp,
+        stem: &stem,
+    };
     let url = d.youtube_url.as_deref().filter(|u| !u.trim().is_empty());
     let got: Downloaded = match url {
         Some(url) => {
@@ -136,12 +150,10 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
                     .unwrap_or_else(|| "audio".into());
                 let dest = ctx.tmp.join(format!("{stem}.{ext}"));
                 let (u, dst, limits) = (url.to_string(), dest.clone(), ctx.limits.clone());
-                let guard = TempFile(Some(dest.clone()));
                 tokio::task::spawn_blocking(move || download::http_download(&u, &dst, &limits))
                     .await
                     .map_err(|e| format!("download task failed: {e}"))?
                     .map_err(|e| e.to_string())?;
-                std::mem::forget(guard);
                 Downloaded {
                     path: dest,
                     meta: None,
@@ -175,7 +187,6 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
                 .map_err(|e| e.to_string())?
         }
     };
-    let _cleanup = TempFile(Some(got.path.clone()));
     let out = ctx
         .pool
         .embed(got.path.display().to_string(), false)
