@@ -80,7 +80,10 @@ pub fn decide(inv: &Inventory, workers: Workers, device: DeviceChoice) -> Plan {
     };
     let _ = write!(reasons, "{cores} usable core(s)");
     if let Some(q) = inv.cpu_quota {
-        let _ = write!(reasons, " (cgroup quota {q} CPUs of {logical})");
+        let _ = write!(
+            reasons,
+            " (limited to {q} of {logical} CPUs by a cgroup quota or affinity)"
+        );
     }
     let by_memory =
         (inv.available_mb.saturating_sub(SUPERVISOR_RESERVE_MB) / CHILD_FOOTPRINT_MB) as usize;
@@ -173,13 +176,14 @@ pub fn probe(ort_library: Option<&std::path::Path>) -> Inventory {
     if let Some(cg) = sys.cgroup_limits() {
         available_mb = available_mb.min(cg.free_memory / (1 << 20));
     }
-    let logical_cpus = std::thread::available_parallelism()
+    // std's figure honours cgroup v1/v2 quotas and CPU affinity; sysinfo counts the CPUs.
+    let usable = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let logical_cpus = logical_cpus.max(num_cpus_sysinfo());
+    let logical_cpus = num_cpus_sysinfo().max(usable);
     Inventory {
         logical_cpus,
-        cpu_quota: cgroup_cpu_quota(),
+        cpu_quota: cpu_quota(logical_cpus, cgroup_cpu_quota(), usable),
         available_mb,
         gpus: nvidia_gpus(),
         cuda_build: cfg!(feature = "cuda"),
@@ -188,6 +192,12 @@ pub fn probe(ort_library: Option<&std::path::Path>) -> Inventory {
             .map(|d| d.join(cuda_provider_name()).is_file())
             .unwrap_or(false),
     }
+}
+
+/// The quota: cgroup v2's exact `cpu.max` when there is one, else std's usable count when
+/// it is below the CPUs (a cgroup v1 quota or an affinity mask), else none.
+fn cpu_quota(logical: usize, cpu_max: Option<f64>, usable: usize) -> Option<f64> {
+    cpu_max.or_else(|| (usable < logical).then_some(usable as f64))
 }
 
 fn num_cpus_sysinfo() -> usize {
@@ -424,6 +434,17 @@ mod tests {
             );
             assert!(plan.total() >= 1, "row {i}");
         }
+    }
+
+    #[test]
+    fn quota_from_cpu_max_or_from_the_usable_count() {
+        assert_eq!(cpu_quota(16, Some(1.5), 2), Some(1.5));
+        assert_eq!(
+            cpu_quota(16, None, 4),
+            Some(4.0),
+            "cgroup v1 quota or taskset"
+        );
+        assert_eq!(cpu_quota(16, None, 16), None);
     }
 
     #[test]
