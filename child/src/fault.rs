@@ -3,7 +3,24 @@
 //! `CHAARFM_FAULT` holds `kind=pattern` pairs separated by commas; a job whose path
 //! contains `pattern` triggers `kind` before any work:
 //! `segv` (raise SIGSEGV), `abort`, `exit` (exit status 7), `hang` (sleep forever while the
-//! heartbeat thread keeps running), `grow` (allocate and touch 64 MiB every 20 ms).
+//! heartbeat thread keeps running), `grow` (allocate and touch 64 MiB every 20 ms),
+//! `fatal` (report `Fatal`, as a child whose runtime broke would: see [`fatal_for`]).
+
+/// Whether the job at `path` should make this child report `Fatal` (kind `fatal`).
+#[cfg(feature = "fault-injection")]
+pub fn fatal_for(path: &str) -> bool {
+    std::env::var("CHAARFM_FAULT").is_ok_and(|spec| {
+        spec.split(',').any(|pair| {
+            pair.split_once('=')
+                .is_some_and(|(k, p)| k == "fatal" && !p.is_empty() && path.contains(p))
+        })
+    })
+}
+
+#[cfg(not(feature = "fault-injection"))]
+pub fn fatal_for(_path: &str) -> bool {
+    false
+}
 
 /// Triggers the fault configured for `path`, if any.
 #[cfg(feature = "fault-injection")]

@@ -129,7 +129,17 @@ pub fn run(args: ServeArgs) -> i32 {
             ToChild::Shutdown => return 0,
         };
         let received = Instant::now();
-        fault::inject(&job.path);
+        let shown = job.path.to_string();
+        if fault::fatal_for(&shown) {
+            let _ = send(
+                &writer,
+                &FromChild::Fatal {
+                    message: "injected fatal fault: the runtime broke".into(),
+                },
+            );
+            return exit::FATAL;
+        }
+        fault::inject(&shown);
         let reply = match embed(&mut model, &job, &writer) {
             Ok(mut output) => {
                 output.wall_ms = received.elapsed().as_secs_f64() * 1e3;
@@ -147,8 +157,7 @@ pub fn run(args: ServeArgs) -> i32 {
 }
 
 fn embed(model: &mut Musicnn, job: &ipc::Job, writer: &Writer) -> Result<JobOutput, String> {
-    let features =
-        pipeline::features(std::path::Path::new(&job.path)).map_err(|e| e.to_string())?;
+    let features = pipeline::features(&job.path.to_path_buf()).map_err(|e| e.to_string())?;
     let duration_s = features.duration_s();
     let _ = send(
         writer,

@@ -2,20 +2,101 @@
 //! message. The child speaks first ([`FromChild::Hello`]); a protocol mismatch is refused.
 
 use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change to the types below.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame accepted; a result is ~1 KB, so anything near this is corruption.
 pub const MAX_FRAME: usize = 1 << 20;
+
+/// A file path as it crosses IPC: the OS's own bytes on Unix, UTF-16 code units
+/// (little-endian) on Windows, so names that are not UTF-8 (Latin-1 `caf\xe9.wav`) arrive
+/// intact. Supervisor and child are the same executable, so both sides agree.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WirePath(Vec<u8>);
+
+impl WirePath {
+    pub fn from_path(p: &Path) -> Self {
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            WirePath(p.as_os_str().as_bytes().to_vec())
+        }
+        #[cfg(windows)]
+        {
+            use std::os::windows::ffi::OsStrExt;
+            WirePath(
+                p.as_os_str()
+                    .encode_wide()
+                    .flat_map(u16::to_le_bytes)
+                    .collect(),
+            )
+        }
+    }
+
+    pub fn to_path_buf(&self) -> PathBuf {
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            PathBuf::from(std::ffi::OsStr::from_bytes(&self.0))
+        }
+        #[cfg(windows)]
+        {
+            use std::os::windows::ffi::OsStringExt;
+            let wide: Vec<u16> = self
+                .0
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            PathBuf::from(std::ffi::OsString::from_wide(&wide))
+        }
+    }
+}
+
+impl WirePath {
+    /// The encoded bytes (see the type's doc).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn from_bytes(b: Vec<u8>) -> Self {
+        WirePath(b)
+    }
+}
+
+impl From<&Path> for WirePath {
+    fn from(p: &Path) -> Self {
+        WirePath::from_path(p)
+    }
+}
+
+impl From<PathBuf> for WirePath {
+    fn from(p: PathBuf) -> Self {
+        WirePath::from_path(&p)
+    }
+}
+
+impl From<&PathBuf> for WirePath {
+    fn from(p: &PathBuf) -> Self {
+        WirePath::from_path(p)
+    }
+}
+
+/// Lossy, for logs.
+impl std::fmt::Display for WirePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.to_path_buf().display().fmt(f)
+    }
+}
 
 /// A job for a child: embed the file at `path`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub id: u64,
-    pub path: String,
+    pub path: WirePath,
     /// Also return the mean MSD tag activations.
     pub tags: bool,
 }
@@ -178,6 +259,14 @@ mod tests {
             },
             FromChild::Heartbeat,
         ];
+        let job = ToChild::Job(Job {
+            id: 1,
+            path: WirePath::from_path(Path::new("a/b.wav")),
+            tags: true,
+        });
+        let mut jbuf = Vec::new();
+        write_frame(&mut jbuf, &job).unwrap();
+        assert_eq!(read_frame::<ToChild>(&mut &jbuf[..]).unwrap(), Some(job));
         let mut buf = Vec::new();
         for m in &msgs {
             write_frame(&mut buf, m).unwrap();
@@ -187,6 +276,16 @@ mod tests {
             assert_eq!(read_frame::<FromChild>(&mut r).unwrap().as_ref(), Some(m));
         }
         assert_eq!(read_frame::<FromChild>(&mut r).unwrap(), None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_paths_cross_intact() {
+        use std::os::unix::ffi::OsStrExt;
+        let p = Path::new(std::ffi::OsStr::from_bytes(b"/music/caf\xe9.wav"));
+        let w = WirePath::from_path(p);
+        let back: WirePath = decode(&postcard::to_stdvec(&w).unwrap()).unwrap();
+        assert_eq!(back.to_path_buf(), p);
     }
 
     #[test]

@@ -1,6 +1,57 @@
 //! The JSON line written per file by `embed` and `ingest`.
 
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+
+/// A file path in JSON output: a plain string when it is valid UTF-8, else
+/// `{"bytes": "<base64>"}` (ripgrep's convention) holding the OS's bytes on Unix, or
+/// UTF-16LE code units on Windows, so every name round-trips exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum JsonPath {
+    Text(String),
+    Bytes { bytes: String },
+}
+
+impl JsonPath {
+    pub fn from_path(p: &Path) -> Self {
+        match p.to_str() {
+            Some(s) => JsonPath::Text(s.to_string()),
+            None => {
+                let raw = crate::ipc::WirePath::from_path(p);
+                JsonPath::Bytes {
+                    bytes: base64::engine::general_purpose::STANDARD.encode(raw.as_bytes()),
+                }
+            }
+        }
+    }
+
+    /// The path it names (`None` for undecodable base64).
+    pub fn to_path_buf(&self) -> Option<PathBuf> {
+        match self {
+            JsonPath::Text(s) => Some(PathBuf::from(s)),
+            JsonPath::Bytes { bytes } => base64::engine::general_purpose::STANDARD
+                .decode(bytes)
+                .ok()
+                .map(|b| crate::ipc::WirePath::from_bytes(b).to_path_buf()),
+        }
+    }
+}
+
+/// Lossy, for people.
+impl std::fmt::Display for JsonPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JsonPath::Text(s) => f.write_str(s),
+            JsonPath::Bytes { .. } => match self.to_path_buf() {
+                Some(p) => p.display().fmt(f),
+                None => f.write_str("<undecodable path>"),
+            },
+        }
+    }
+}
 
 /// One MSD tag and its mean activation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -14,7 +65,7 @@ pub struct TagScore {
 #[serde(untagged)]
 pub enum Record {
     Ok {
-        path: String,
+        path: JsonPath,
         vector: Vec<f32>,
         patches: usize,
         duration_s: f64,
@@ -25,7 +76,7 @@ pub enum Record {
         file: Option<FileStamp>,
     },
     Failed {
-        path: String,
+        path: JsonPath,
         error: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         file: Option<FileStamp>,
@@ -40,7 +91,7 @@ pub struct FileStamp {
 }
 
 impl Record {
-    pub fn path(&self) -> &str {
+    pub fn path(&self) -> &JsonPath {
         match self {
             Record::Ok { path, .. } | Record::Failed { path, .. } => path,
         }
@@ -60,7 +111,7 @@ mod tests {
     #[test]
     fn records_round_trip_in_their_documented_shape() {
         let ok = Record::Ok {
-            path: "a.mp3".into(),
+            path: JsonPath::Text("a.mp3".into()),
             vector: vec![1.0, 2.0],
             patches: 3,
             duration_s: 4.5,
@@ -74,12 +125,28 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), ok);
         let bad = Record::Failed {
-            path: "b.wav".into(),
+            path: JsonPath::Text("b.wav".into()),
             error: "file is empty".into(),
             file: None,
         };
         let line = serde_json::to_string(&bad).unwrap();
         assert_eq!(line, r#"{"path":"b.wav","error":"file is empty"}"#);
         assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), bad);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_paths_round_trip_as_base64_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        let p = Path::new(std::ffi::OsStr::from_bytes(b"caf\xe9.wav"));
+        let j = JsonPath::from_path(p);
+        let text = serde_json::to_string(&j).unwrap();
+        assert_eq!(text, r#"{"bytes":"Y2Fm6S53YXY="}"#);
+        let back: JsonPath = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.to_path_buf().unwrap(), p);
+        assert_eq!(
+            serde_json::to_string(&JsonPath::from_path(Path::new("ok.wav"))).unwrap(),
+            r#""ok.wav""#
+        );
     }
 }

@@ -155,6 +155,17 @@ pub enum WorkerMsg {
     },
     Pong,
     Result(JobResult),
+    /// Protocol 2: the job is handed back, not done (a fault of this machine, not the
+    /// track's); the server puts it back at the front of the queue.
+    Release {
+        job_id: String,
+        reason: String,
+    },
+    /// Protocol 2: send no jobs on this connection until `resume`.
+    Pause {
+        reason: String,
+    },
+    Resume,
 }
 
 /// `{"job_id", "status": "success", "data"}` or `{"job_id", "status": "failed", "error"}`.
@@ -217,6 +228,20 @@ mod tests {
             r#"{"type":"hello","agent":"chaarfm-super/0.1.0","slots":3,"protocol":2}"#,
         );
         same(&WorkerMsg::Pong, r#"{"type":"pong"}"#);
+        same(
+            &WorkerMsg::Release {
+                job_id: "j".into(),
+                reason: "disk full".into(),
+            },
+            r#"{"type":"release","job_id":"j","reason":"disk full"}"#,
+        );
+        same(
+            &WorkerMsg::Pause {
+                reason: "disk full".into(),
+            },
+            r#"{"type":"pause","reason":"disk full"}"#,
+        );
+        same(&WorkerMsg::Resume, r#"{"type":"resume"}"#);
     }
 
     #[test]

@@ -96,17 +96,32 @@ pub struct PoolArgs {
 
     /// Fixed per-job timeout in seconds (default: 120 s to decode, then
     /// max(60 s, audio length / 4) for inference).
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub job_timeout: Option<u64>,
 
     /// Kill a child whose resident memory exceeds this (MB; default: available memory /
     /// children / 2, between 512 and 4096).
-    #[arg(long, value_name = "MB")]
+    #[arg(long, value_name = "MB", value_parser = parse_child_memory)]
     pub max_child_memory: Option<u64>,
 
     /// Replace a child after this many jobs (default: never).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_jobs_per_child: Option<u32>,
+}
+
+/// A child needs ~100 MB idle (model and runtime loaded) and more while it works.
+pub const MIN_CHILD_MEMORY_MB: u64 = 256;
+
+fn parse_child_memory(s: &str) -> Result<u64, String> {
+    let mb: u64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of megabytes"))?;
+    if mb < MIN_CHILD_MEMORY_MB {
+        return Err(format!(
+            "{mb} MB is below what a child needs (~100 MB idle, more while working); give at least {MIN_CHILD_MEMORY_MB}"
+        ));
+    }
+    Ok(mb)
 }
 
 fn parse_workers(s: &str) -> Result<Workers, String> {
@@ -163,4 +178,53 @@ pub struct ChildArgs {
     pub threads: usize,
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::proc::ChildCommand;
+    use crate::pool::ChildSpec;
+
+    #[test]
+    fn the_child_command_line_round_trips_through_the_parser() {
+        let cmd = ChildCommand {
+            socket: "/run/x/c0-1.sock".into(),
+            parent_pid: 4242,
+            model: PathBuf::from("/models/msd musicnn.onnx"),
+            spec: ChildSpec {
+                device: chaarfm_child::Device::Cuda(1),
+                threads: 2,
+                batch: 32,
+            },
+        };
+        let mut argv = vec![std::ffi::OsString::from("chaarfm-super")];
+        argv.extend(cmd.args());
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let Some(Command::Child(a)) = cli.command else {
+            panic!("not parsed as the child command");
+        };
+        assert_eq!(a.socket, cmd.socket);
+        assert_eq!(a.parent_pid, 4242);
+        assert_eq!(cli.model.as_deref(), Some(cmd.model.as_path()));
+        assert_eq!(a.device, "cuda:1");
+        assert_eq!((a.threads, a.batch), (2, 32));
+    }
+
+    #[test]
+    fn option_values_that_cannot_work_are_refused() {
+        for bad in [
+            &["x", "embed", "--job-timeout", "0", "f.wav"][..],
+            &["x", "embed", "--max-jobs-per-child", "0", "f.wav"],
+            &["x", "embed", "--max-child-memory", "64", "f.wav"],
+            &["x", "embed", "--workers", "0", "f.wav"],
+        ] {
+            let e = Cli::try_parse_from(bad).expect_err("accepted");
+            assert!(!e.to_string().is_empty());
+        }
+        let e = Cli::try_parse_from(["x", "embed", "--max-child-memory", "64", "f.wav"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 256"), "{e}");
+    }
 }

@@ -1,6 +1,7 @@
 //! `chaarfm-super embed FILE...`: one JSON line per file on stdout, in input order,
 //! computed by the pool (a file that crashes a decoder gives an error line, not a dead
-//! command).
+//! command). Exit 0 when all succeeded, 1 when any failed, 2 when nothing could run
+//! (the pool stopped: model, runtime...), deterministically.
 
 use std::io::Write;
 use std::path::Path;
@@ -8,58 +9,91 @@ use std::path::Path;
 use anyhow::Context;
 use chaarfm_child::model;
 use chaarfm_shared::ipc::JobOutput;
-use chaarfm_shared::record::{FileStamp, Record, TagScore};
-use tokio::task::JoinSet;
+use chaarfm_shared::record::{FileStamp, JsonPath, Record, TagScore};
 
 use crate::cli::EmbedArgs;
-use crate::launch;
+use crate::{batch, launch, Outcome};
 
-/// Runs `embed`; returns whether every file succeeded.
-pub async fn run(args: &EmbedArgs, model_path: Option<&Path>) -> anyhow::Result<bool> {
-    let launch::Started { pool, task, .. } = launch::start_pool(&args.pool, model_path)?;
-    let mut set = JoinSet::new();
-    for (i, f) in args.files.iter().enumerate() {
-        let pool = pool.clone();
-        let path = f.display().to_string();
-        let tags = args.tags;
-        set.spawn(async move { (i, pool.embed(path, tags).await) });
-    }
-    let mut results: Vec<Option<Record>> = vec![None; args.files.len()];
-    let mut next = 0;
-    let mut all_ok = true;
-    let stdout = std::io::stdout();
-    loop {
-        let joined = tokio::select! {
-            j = set.join_next() => j,
-            msg = pool.fatal() => anyhow::bail!("{msg}"),
-        };
-        let Some(joined) = joined else { break };
-        let (i, result) = joined.context("embed task")?;
-        let path = &args.files[i];
-        results[i] = Some(match result {
-            Ok(out) => to_record(path, out, args.tags, None),
-            Err(e) => {
-                all_ok = false;
-                tracing::warn!(path = %path.display(), error = %e, "file failed");
-                Record::Failed {
-                    path: path.display().to_string(),
-                    error: e.to_string(),
-                    file: None,
-                }
-            }
-        });
-        // Print the finished prefix, so output order is input order.
-        let mut out = stdout.lock();
-        while let Some(Some(r)) = results.get(next) {
-            serde_json::to_writer(&mut out, r)?;
-            out.write_all(b"\n")?;
-            next += 1;
+/// Why a named input is refused before it reaches a child (`None`: a regular file).
+pub fn refuse_input(path: &Path) -> Option<String> {
+    match std::fs::metadata(path) {
+        Err(e) => Some(format!("cannot read the file: {e}")),
+        Ok(m) if m.is_dir() => Some("is a directory, not an audio file".into()),
+        Ok(m) if !m.is_file() => {
+            Some("not a regular file (a FIFO, socket or device): give an audio file on disk".into())
         }
-        out.flush().context("writing to stdout")?;
+        Ok(_) => None,
     }
-    pool.shutdown().await;
-    let _ = task.await;
-    Ok(all_ok)
+}
+
+/// Runs `embed`.
+pub async fn run(args: &EmbedArgs, model_path: Option<&Path>) -> anyhow::Result<Outcome> {
+    let mut results: Vec<Option<Record>> = vec![None; args.files.len()];
+    let mut todo = Vec::new();
+    for (i, f) in args.files.iter().enumerate() {
+        match refuse_input(f) {
+            Some(error) => results[i] = Some(failed(f, error, None)),
+            None => todo.push((i, f.clone())),
+        }
+    }
+    let mut printer = Printer::default();
+    let mut all_ok = todo.len() == args.files.len();
+    if !todo.is_empty() {
+        let state_dir = crate::os::default_state_dir();
+        let launch::Started {
+            pool,
+            task,
+            children,
+        } = launch::start_pool(&args.pool, model_path, &state_dir)?;
+        let collected = batch::collect(&pool, todo, args.tags, children + 1, |i, r| {
+            let path = &args.files[i];
+            results[i] = Some(match r {
+                Ok(out) => to_record(path, out, args.tags, None),
+                Err(e) => {
+                    all_ok = false;
+                    tracing::warn!(path = %path.display(), error = %e, "file failed");
+                    failed(path, e.to_string(), None)
+                }
+            });
+            printer.print_ready(&results)
+        })
+        .await;
+        pool.shutdown().await;
+        let _ = task.await;
+        let collected = collected?;
+        if let Some(stop) = collected.stopped {
+            printer.print_ready(&results)?;
+            anyhow::bail!("{stop}");
+        }
+        if collected.interrupted {
+            all_ok = false;
+        }
+    }
+    printer.print_ready(&results)?;
+    Ok(if all_ok {
+        Outcome::Ok
+    } else {
+        Outcome::SomeFailed
+    })
+}
+
+/// Prints the finished prefix of the results, so output order is input order.
+#[derive(Default)]
+struct Printer {
+    next: usize,
+}
+
+impl Printer {
+    fn print_ready(&mut self, results: &[Option<Record>]) -> anyhow::Result<()> {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        while let Some(Some(r)) = results.get(self.next) {
+            serde_json::to_writer(&mut out, r)?;
+            out.write_all(b"\n").context("writing to stdout")?;
+            self.next += 1;
+        }
+        out.flush().context("writing to stdout")
+    }
 }
 
 /// The `n` strongest tags, strongest first.
@@ -76,9 +110,17 @@ pub fn top_tags(scores: &[f32], n: usize) -> Vec<TagScore> {
         .collect()
 }
 
+pub fn failed(file: &Path, error: String, stamp: Option<FileStamp>) -> Record {
+    Record::Failed {
+        path: JsonPath::from_path(file),
+        error,
+        file: stamp,
+    }
+}
+
 pub fn to_record(file: &Path, out: JobOutput, tags: bool, stamp: Option<FileStamp>) -> Record {
     Record::Ok {
-        path: file.display().to_string(),
+        path: JsonPath::from_path(file),
         tags: tags.then(|| top_tags(&out.tags, 5)),
         vector: out.vector,
         patches: out.patches as usize,

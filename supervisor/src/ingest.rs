@@ -12,45 +12,51 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::Context;
-use chaarfm_shared::record::{FileStamp, Record};
-use tokio::task::JoinSet;
+use chaarfm_shared::record::{FileStamp, JsonPath, Record};
 
 use crate::cli::IngestArgs;
-use crate::{embed, launch, signals};
+use crate::{batch, embed, launch, Outcome};
 
 /// Extensions picked up when walking folders (files named explicitly are always tried).
 const AUDIO_EXTENSIONS: &[&str] = &[
     "mp3", "m4a", "mp4", "aac", "ogg", "oga", "opus", "flac", "wav", "wave", "webm", "mka", "mkv",
 ];
 
-/// Audio files under `paths`, in a stable order. Symlinked folders are not followed (no
-/// loops); explicitly named files are taken whatever their extension.
-pub fn walk(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+/// Audio files under `paths`, in a stable order, each file once however it was reached
+/// (`d ./d /abs/d` name one folder). Symlinked folders are not followed (no loops);
+/// explicitly named files are taken whatever their extension. A path or folder that
+/// cannot be read is one error line; the rest goes on.
+pub fn walk(paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for p in paths {
-        let meta = std::fs::metadata(p).with_context(|| format!("cannot read {}", p.display()))?;
-        if meta.is_dir() {
-            walk_dir(p, &mut out)?;
-        } else {
-            out.push(p.clone());
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => walk_dir(p, &mut out),
+            Ok(_) => out.push(p.clone()),
+            Err(e) => {
+                tracing::error!(path = %p.display(), error = %e, "cannot read this path; skipping it")
+            }
         }
     }
     let mut seen = HashSet::new();
-    out.retain(|p| seen.insert(p.clone()));
-    Ok(out)
+    out.retain(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())));
+    out
 }
 
-fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .collect();
+fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(path = %dir.display(), error = %e, "cannot list this folder; skipping it");
+            return;
+        }
+    };
+    let mut entries: Vec<_> = entries.filter_map(|e| e.ok()).collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let path = e.path();
         let Ok(kind) = e.file_type() else { continue };
         if kind.is_dir() {
-            walk_dir(&path, out)?;
+            walk_dir(&path, out);
         } else if is_audio(&path)
             && std::fs::metadata(&path)
                 .map(|m| m.is_file())
@@ -59,7 +65,6 @@ fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
             out.push(path);
         }
     }
-    Ok(())
 }
 
 fn is_audio(p: &Path) -> bool {
@@ -83,21 +88,70 @@ pub fn stamp(p: &Path) -> Option<FileStamp> {
     })
 }
 
+/// Longest line read back from the output (a record is ~4 KB); longer ones are skipped.
+const MAX_LINE: usize = 1 << 20;
+
+/// `--out` must be a regular file, or not exist yet: appending to a device, FIFO or
+/// terminal (`/dev/full`, `/dev/stdout`) cannot be resumed from.
+fn check_out(out: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(out) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(m) if m.is_dir() => anyhow::bail!("--out {} is a directory: give a file path, e.g. {}/vectors.jsonl", out.display(), out.display()),
+        Ok(_) => anyhow::bail!("--out {} is not a regular file (a device, FIFO or terminal): ingest appends to and resumes from a file, so give a file path", out.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot read --out {}", out.display())),
+    }
+}
+
+/// Reads one line of at most `cap` bytes into `buf` (a longer one is skipped whole and
+/// comes back empty); `Ok(false)` at the end.
+fn read_line_capped(r: &mut impl BufRead, buf: &mut Vec<u8>, cap: usize) -> std::io::Result<bool> {
+    buf.clear();
+    let mut too_long = false;
+    let mut any = false;
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(any);
+        }
+        any = true;
+        let (take, end) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (chunk.len(), false),
+        };
+        if !too_long && buf.len() + take <= cap {
+            buf.extend_from_slice(&chunk[..take]);
+        } else {
+            too_long = true;
+            buf.clear();
+        }
+        r.consume(take + usize::from(end));
+        if end {
+            return Ok(true);
+        }
+    }
+}
+
+type DoneSet = HashSet<(JsonPath, FileStamp)>;
+
 /// Files already in the output, and whether its last line lacks a newline (a write cut
 /// short by a crash): the next record must then start on a fresh line.
-fn already_done(out: &Path) -> anyhow::Result<(HashSet<(String, FileStamp)>, bool)> {
+fn already_done(out: &Path) -> anyhow::Result<(DoneSet, bool)> {
     let mut done = HashSet::new();
     let f = match std::fs::File::open(out) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((done, false)),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", out.display())),
     };
-    for line in std::io::BufReader::new(f).split(b'\n') {
-        let line = line.with_context(|| format!("cannot read {}", out.display()))?;
+    let mut r = std::io::BufReader::new(f);
+    let mut line = Vec::new();
+    while read_line_capped(&mut r, &mut line, MAX_LINE)
+        .with_context(|| format!("cannot read {}", out.display()))?
+    {
         // A line cut short by a crash does not parse: that file is simply done again.
-        if let Ok(r) = serde_json::from_slice::<Record>(&line) {
-            if let Some(s) = r.file() {
-                done.insert((r.path().to_string(), s));
+        if let Ok(rec) = serde_json::from_slice::<Record>(&line) {
+            if let Some(s) = rec.file() {
+                done.insert((rec.path().clone(), s));
             }
         }
     }
@@ -165,14 +219,16 @@ impl Progress {
     }
 }
 
-/// Runs `ingest`. Returns normally after a drain too (exit 0).
-pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result<()> {
-    let files = walk(&args.paths)?;
+/// Runs `ingest`. Returns normally after a drain too (exit 0); a pool stop is an error
+/// (exit 2) that leaves the files not done for the rerun.
+pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result<Outcome> {
+    check_out(&args.out)?;
+    let files = walk(&args.paths);
     let (done_before, needs_newline) = already_done(&args.out)?;
     let mut todo: Vec<(PathBuf, Option<FileStamp>)> = files
         .iter()
         .map(|p| (p.clone(), stamp(p)))
-        .filter(|(p, s)| s.is_none_or(|s| !done_before.contains(&(p.display().to_string(), s))))
+        .filter(|(p, s)| s.is_none_or(|s| !done_before.contains(&(JsonPath::from_path(p), s))))
         .collect();
     // Longest first (by size): the last jobs are short, so no core idles at the end.
     todo.sort_by_key(|(_, s)| std::cmp::Reverse(s.map(|s| s.size).unwrap_or(0)));
@@ -193,73 +249,35 @@ pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result
         out.write_all(b"\n")?;
     }
     if todo.is_empty() {
-        println!(
-            "ingest: nothing to do ({skipped} file(s) already in {})",
+        crate::logging::print(&format!(
+            "ingest: nothing to do ({skipped} file(s) already in {})\n",
             args.out.display()
-        );
-        return Ok(());
+        ));
+        return Ok(Outcome::Ok);
     }
 
-    let started_pool = launch::start_pool(&args.pool, model_path)?;
+    let state_dir = crate::os::default_state_dir();
+    let started_pool = launch::start_pool(&args.pool, model_path, &state_dir)?;
     let (pool, task, children) = (started_pool.pool, started_pool.task, started_pool.children);
-    let mut signals = signals::Signals::new()?;
     let started = Instant::now();
-    let mut progress = Progress::new(todo.len() as u64);
-    let mut queue = todo.into_iter();
-    let mut set = JoinSet::new();
-    let in_flight = children + 1;
+    let total = todo.len() as u64;
+    let mut progress = Progress::new(total);
     let (mut ok, mut failed, mut audio_s) = (0u64, 0u64, 0f64);
     let mut child_peak_kib = 0u64;
-    let mut draining = false;
-    let mut fatal = None;
-    loop {
-        while !draining && set.len() < in_flight {
-            let Some((path, stamp)) = queue.next() else {
-                break;
-            };
-            let pool = pool.clone();
-            let tags = args.tags;
-            set.spawn(async move {
-                let r = pool.embed(path.display().to_string(), tags).await;
-                (path, stamp, r)
-            });
-        }
-        let joined = tokio::select! {
-            j = set.join_next() => j,
-            _ = signals.next() => {
-                if draining {
-                    eprintln!("ingest: second interrupt, stopping now");
-                    std::process::exit(130);
-                }
-                draining = true;
-                tracing::warn!("interrupted: finishing the {} job(s) in flight (interrupt again to stop now)", set.len());
-                continue;
-            }
-            msg = pool.fatal(), if fatal.is_none() => {
-                fatal = Some(msg);
-                draining = true;
-                continue;
-            }
-        };
-        let Some(joined) = joined else { break };
-        let (path, stamp, result) = joined.context("ingest task")?;
+    let files: Vec<(usize, PathBuf)> = todo.iter().map(|(p, _)| p.clone()).enumerate().collect();
+    let collected = batch::collect(&pool, files, args.tags, children + 1, |i, result| {
+        let (path, stamp) = (&todo[i].0, &todo[i].1);
         let record = match result {
             Ok(o) => {
                 ok += 1;
                 audio_s += o.duration_s;
                 child_peak_kib = child_peak_kib.max(o.peak_rss_kib);
-                embed::to_record(&path, o, args.tags, stamp)
+                embed::to_record(path, o, args.tags, *stamp)
             }
-            // Not run because we are stopping: leave it for the next run.
-            Err(crate::pool::JobFailure::Cancelled(_)) => continue,
             Err(e) => {
                 failed += 1;
                 tracing::warn!(path = %path.display(), error = %e, "file failed");
-                Record::Failed {
-                    path: path.display().to_string(),
-                    error: e.to_string(),
-                    file: stamp,
-                }
+                embed::failed(path, e.to_string(), *stamp)
             }
         };
         let mut line = serde_json::to_vec(&record)?;
@@ -269,31 +287,72 @@ pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result
             .with_context(|| format!("writing {}", args.out.display()))?;
         progress.update(
             ok + failed,
-            (ok + failed) + queue.len() as u64 + set.len() as u64,
+            total,
             audio_s,
             started,
             pool.stats.alive.load(Ordering::Relaxed),
             pool.stats.restarts.load(Ordering::Relaxed),
         );
-    }
+        Ok(())
+    })
+    .await;
     progress.finish();
     pool.shutdown().await;
     let _ = task.await;
+    let collected = collected?;
     let wall = started.elapsed().as_secs_f64();
-    println!(
-        "ingest: {ok} embedded, {failed} failed, {skipped} skipped, {} left; {audio_s:.0} s of audio in {wall:.1} s = {:.1}x realtime; {} child restart(s)",
-        queue.len(),
+    crate::logging::print(&format!(
+        "ingest: {ok} embedded, {failed} failed, {skipped} skipped, {} left; {audio_s:.0} s of audio in {wall:.1} s = {:.1}x realtime; {} child restart(s)\n\
+         ingest: supervisor peak RSS {:.1} MB, child peak RSS {:.1} MB, IPC overhead {:.2} ms/job (dispatch to result, minus the child's wall time)\n",
+        collected.left,
         audio_s / wall.max(1e-9),
-        pool.stats.restarts.load(Ordering::Relaxed)
-    );
-    println!(
-        "ingest: supervisor peak RSS {:.1} MB, child peak RSS {:.1} MB, IPC overhead {:.2} ms/job (dispatch to result, minus the child's wall time)",
+        pool.stats.restarts.load(Ordering::Relaxed),
         chaarfm_child::isolation::peak_rss_kib() as f64 / 1024.0,
         child_peak_kib as f64 / 1024.0,
         pool.stats.overhead_ms()
-    );
-    if let Some(msg) = fatal {
-        anyhow::bail!("{msg}");
+    ));
+    if let Some(stop) = collected.stopped {
+        anyhow::bail!("{stop} ({} file(s) left for the next run)", collected.left);
     }
-    Ok(())
+    Ok(Outcome::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_lines_are_read_with_a_cap() {
+        let text = format!("short\n{}\nafter\nlast", "x".repeat(100));
+        let mut r = std::io::BufReader::with_capacity(7, text.as_bytes());
+        let mut buf = Vec::new();
+        let mut lines = Vec::new();
+        while read_line_capped(&mut r, &mut buf, 50).unwrap() {
+            lines.push(String::from_utf8(buf.clone()).unwrap());
+        }
+        assert_eq!(lines, ["short", "", "after", "last"]);
+    }
+
+    #[test]
+    fn one_folder_named_three_ways_is_walked_once_and_bad_paths_are_skipped() {
+        let dir = std::env::temp_dir().join(format!("chaarfm-walk-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("d")).unwrap();
+        std::fs::write(dir.join("d/a.wav"), b"x").unwrap();
+        let paths = vec![
+            dir.join("d"),
+            dir.join("d/../d"),
+            dir.join("./d"),
+            dir.join("missing"),
+        ];
+        assert_eq!(walk(&paths), vec![dir.join("d/a.wav")]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn out_must_be_a_regular_file() {
+        assert!(check_out(Path::new("/dev/null")).is_err());
+        assert!(check_out(Path::new("/")).is_err());
+        assert!(check_out(Path::new("/nonexistent-dir-chaarfm/x.jsonl")).is_ok());
+    }
 }

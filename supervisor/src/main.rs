@@ -1,12 +1,13 @@
 //! chaarfm-super: one ChaarFM ingestion worker per machine.
 
+mod batch;
 mod cli;
 mod embed;
 mod ingest;
 mod launch;
 mod logging;
+mod os;
 mod pool;
-mod private_dir;
 mod server;
 mod signals;
 mod sizing;
@@ -21,8 +22,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, cli.verbose);
     if let Some(Command::Child(args)) = &cli.command {
-        return child(args, cli.model.as_deref());
+        let code = child(args, cli.model.as_deref());
+        logging::flush();
+        return code;
     }
+    // The runtime directory goes on every exit path, a panic's included.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        os::remove_runtime_dir();
+        default_hook(info);
+    }));
     // One TLS provider for the WebSocket and downloads (ring; see Cargo.toml).
     let _ = rustls::crypto::ring::default_provider().install_default();
     // One thread: the supervisor only moves bytes and waits; children do the computing.
@@ -34,47 +43,76 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            logging::eprint(&format!("error: cannot start the async runtime: {e}\n"));
             return ExitCode::from(2);
         }
     };
     let result = rt.block_on(async {
         match &cli.command {
             Some(Command::Embed(args)) => embed::run(args, cli.model.as_deref()).await,
-            Some(Command::Ingest(args)) => {
-                ingest::run(args, cli.model.as_deref()).await.map(|()| true)
-            }
+            Some(Command::Ingest(args)) => ingest::run(args, cli.model.as_deref()).await,
             Some(Command::Child(_)) => unreachable!("handled above"),
-            None => connect(&cli.connect, cli.model.as_deref())
-                .await
-                .map(|()| true),
+            None => connect(&cli.connect, cli.model.as_deref()).await,
         }
     });
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
+    drop(rt);
+    os::remove_runtime_dir();
+    let code = match result {
+        Ok(Outcome::Ok) => 0,
+        Ok(Outcome::SomeFailed) => 1,
+        Ok(Outcome::Lost(n)) => {
+            logging::eprint(&format!(
+                "error: {n} result(s) could be neither delivered nor saved (see above)\n"
+            ));
+            3
         }
+        Err(e) => {
+            logging::eprint(&format!("error: {e:#}\n"));
+            2
+        }
+    };
+    logging::flush();
+    let dropped = logging::dropped();
+    if dropped > 0 {
+        // stderr was stalled or closed: say it where it may still be read.
+        logging::eprint(&format!(
+            "chaarfm-super: {dropped} log line(s) dropped because stderr was not being read\n"
+        ));
     }
+    ExitCode::from(code)
+}
+
+/// How a command ended, for the exit status (errors are 2).
+pub enum Outcome {
+    /// Everything done: 0.
+    Ok,
+    /// Some files failed (`embed`): 1.
+    SomeFailed,
+    /// Results that could be neither delivered nor saved: 3.
+    Lost(usize),
 }
 
 /// Connect mode: the pairing code from the flag, the environment, or a prompt.
-async fn connect(args: &cli::ConnectArgs, model: Option<&std::path::Path>) -> anyhow::Result<()> {
+async fn connect(
+    args: &cli::ConnectArgs,
+    model: Option<&std::path::Path>,
+) -> anyhow::Result<Outcome> {
     use std::io::IsTerminal;
     let code = match args.code.clone().filter(|c| !c.trim().is_empty()) {
         Some(c) => c.trim().to_string(),
         None if std::io::stdin().is_terminal() => {
-            eprint!("Pairing code (from the /ingest page): ");
+            logging::eprint("Pairing code (from the /ingest page): ");
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)?;
             line.trim().to_string()
         }
         None => anyhow::bail!("no pairing code: pass --code CODE or set CHAARFM_CODE (run `chaarfm-super --help` for the commands)"),
     };
-    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
-    let started = launch::start_pool(&args.pool, model)?;
+    server::worker_url(&args.url, &code)?;
+    let state_dir = args.state_dir.clone().unwrap_or_else(os::default_state_dir);
+    // One supervisor per state dir, before anything in it is touched.
+    let _lock = os::lock_state_dir(&state_dir)?;
+    let started = launch::start_pool(&args.pool, model, &state_dir)?;
     let opts = server::Options {
         base: args.url.clone(),
         code,
@@ -86,30 +124,6 @@ async fn connect(args: &cli::ConnectArgs, model: Option<&std::path::Path>) -> an
     started.pool.shutdown().await;
     let _ = started.task.await;
     result
-}
-
-/// `$XDG_STATE_HOME/chaarfm-super` or `~/.local/state/chaarfm-super` (macOS: Application
-/// Support; Windows: %LOCALAPPDATA%).
-fn default_state_dir() -> std::path::PathBuf {
-    use std::path::PathBuf;
-    let home = || {
-        std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir)
-    };
-    let base = if cfg!(windows) {
-        std::env::var_os("LOCALAPPDATA")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir)
-    } else if cfg!(target_os = "macos") {
-        home().join("Library/Application Support")
-    } else {
-        std::env::var_os("XDG_STATE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home().join(".local/state"))
-    };
-    base.join("chaarfm-super")
 }
 
 /// Hidden `__child` mode: serve jobs for the supervisor that started us.

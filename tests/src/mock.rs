@@ -75,6 +75,11 @@ struct State {
     hellos: usize,
     connections: usize,
     next_id: u64,
+    /// Jobs put back in the queue: a connection closed holding them, or `release`d.
+    requeued: usize,
+    released: Vec<String>,
+    /// Frozen: connections neither read nor write (a SIGSTOPped server).
+    frozen: bool,
 }
 
 fn job_key(payload: &Value) -> String {
@@ -176,6 +181,29 @@ impl Mock {
         self.state.lock().unwrap().connections
     }
 
+    /// Jobs put back in the queue so far (closed connections holding them, releases).
+    pub fn requeued(&self) -> usize {
+        self.state.lock().unwrap().requeued
+    }
+
+    /// Job ids the worker `release`d (protocol 2).
+    pub fn released(&self) -> Vec<String> {
+        self.state.lock().unwrap().released.clone()
+    }
+
+    /// From now on, worker connections neither read nor write, as a SIGSTOPped server.
+    pub fn freeze(&self) {
+        self.state.lock().unwrap().frozen = true;
+    }
+
+    /// Results with status "failed".
+    pub fn failed(&self) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.msg.get("status").and_then(Value::as_str) == Some("failed"))
+            .collect()
+    }
+
     /// Polls until `n` results with distinct job ids arrived, or `timeout`.
     pub fn wait_results(&self, n: usize, timeout: Duration) -> bool {
         crate::wait_until(timeout, || {
@@ -268,6 +296,7 @@ fn take_job(st: &Mutex<State>) -> Option<(String, Value)> {
 
 fn requeue_front(st: &Mutex<State>, jobs: Vec<(String, Value)>) {
     let mut s = st.lock().unwrap();
+    s.requeued += jobs.len();
     for (id, payload) in jobs.into_iter().rev() {
         s.out_keys.remove(&job_key(&payload));
         s.queue.push_front((id, payload));
@@ -340,11 +369,16 @@ async fn worker(sock: TcpStream, st: Arc<Mutex<State>>, cfg: Arc<MockConfig>) {
         }
     }
     let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut paused = false;
     loop {
         if cfg.drop_after.is_some_and(|d| opened.elapsed() >= d) {
             break;
         }
-        while outstanding.len() < slots {
+        if st.lock().unwrap().frozen {
+            // Neither read nor write until the runtime is shut down.
+            std::future::pending::<()>().await;
+        }
+        while outstanding.len() < slots && !paused {
             let Some((id, payload)) = take_job(&st) else {
                 break;
             };
@@ -373,6 +407,16 @@ async fn worker(sock: TcpStream, st: Arc<Mutex<State>>, cfg: Arc<MockConfig>) {
                         }
                     }
                     Some("pong") => st.lock().unwrap().pongs += 1,
+                    Some("pause") => paused = true,
+                    Some("resume") => paused = false,
+                    Some("release") => {
+                        let id = v.get("job_id").and_then(Value::as_str).unwrap_or("").to_string();
+                        if let Some(i) = outstanding.iter().position(|(j, _)| *j == id) {
+                            let job = outstanding.remove(i);
+                            st.lock().unwrap().released.push(id);
+                            requeue_front(&st, vec![job]);
+                        }
+                    }
                     Some("result") => {
                         let id = v.get("job_id").and_then(Value::as_str).unwrap_or("").to_string();
                         let known = if let Some(i) = outstanding.iter().position(|(j, _)| *j == id) {

@@ -86,13 +86,24 @@ fn corpus_end_to_end(protocol2: Option<usize>) -> Mock {
         "a result came back for an id the server did not hand out"
     );
     assert!(mock.keepalive_hits() >= 1, "no keepalive request");
-    assert_eq!(
-        std::fs::read_dir(state.join("outbox"))
-            .map(|d| d.count())
-            .unwrap_or(0),
-        0,
-        "outbox not empty"
-    );
+    // Protocol 2 acknowledges every result. Today's server gives no receipt: the last
+    // result of each connection stays until a next job proves it (or the next start
+    // sends it again), so at most one per connection, each one the server has.
+    let left: Vec<String> = std::fs::read_dir(state.join("outbox"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().file_stem().unwrap().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let received: HashSet<String> = mock.received().into_iter().map(|r| r.job_id).collect();
+    match protocol2 {
+        Some(_) => assert!(left.is_empty(), "outbox not empty: {left:?}"),
+        None => {
+            assert!(left.len() <= 3, "outbox holds {left:?}");
+            assert!(left.iter().all(|id| received.contains(id)), "{left:?}");
+        }
+    }
     mock
 }
 

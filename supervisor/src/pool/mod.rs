@@ -1,38 +1,56 @@
 //! The pool of crash-isolated children. One task (the event loop in [`run`]) owns every
 //! job and every child; the rest of the supervisor talks to it through [`Pool`].
 //!
+//! - Each child is in exactly one [`Life`] state; only `Idle` children receive jobs.
 //! - A job goes to an idle child; its deadline is set when the child reports the audio's
 //!   length ([`job_timeout`]).
 //! - A child that dies, hangs past its deadline, stops sending heartbeats or exceeds the
 //!   memory ceiling is killed if need be, and its job is handed on by [`policy::reassign`].
+//!   The supervisor's own routine kills are never charged to a job.
 //! - Children are respawned: at once after a death with a job, with backoff when they die
-//!   before saying hello; five such deaths in a row stop the pool with the cause.
+//!   before saying hello or cannot be started; five early deaths in a row, a child's
+//!   `Fatal`, or a pool that cannot start any child stop the pool: every job then gets
+//!   [`JobFailure::Stopped`], a local fault, never the track's.
+//! - Time is judged on what arrived after the loop last ran: a paused or stalled
+//!   supervisor (SIGSTOP, a blocked thread) never kills a healthy child.
 
 pub mod policy;
 pub mod proc;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chaarfm_shared::ipc::{self, FromChild, Job, JobOutput, ToChild};
+use chaarfm_shared::ipc::{self, FromChild, Job, JobOutput, ToChild, WirePath};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
-use policy::{Attempts, Ending, KillReason, Verdict};
+use policy::{Attempts, Ending, Fault, KillReason, Verdict};
 pub use proc::ChildSpec;
-use proc::{Event, Handle, Tag};
+use proc::{Control, Event, SpawnError, Spawner, Tag};
 
 /// Heartbeats come every second; this long without any frame means the child is frozen.
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A child must say hello (model loaded) within this.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(60);
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline of a job until the child reports the audio's length (decoding a 1-hour file
 /// takes ~10 s here).
 const DECODE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Children dying before hello this many times in a row stop the pool.
 const MAX_EARLY_DEATHS: u32 = 5;
+/// With no child alive, this many failed starts in a row stop the pool.
+const MAX_START_FAILURES: u32 = 8;
+/// The housekeeping period; a gap much longer than this means the loop did not run.
+const TICK: Duration = Duration::from_millis(100);
+/// A gap between ticks longer than this is a pause or stall of the supervisor.
+const STALL: Duration = Duration::from_secs(1);
+/// A child asked to exit gets this long before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// The socket closed but the process lives on: killed after this.
+const EOF_GRACE: Duration = Duration::from_secs(2);
 
 /// Time allowed for a job's inference once its audio length is known: 60 s, or a quarter
 /// of the audio's duration if longer (inference runs ~50x realtime per core here, so this
@@ -43,8 +61,6 @@ pub fn job_timeout(duration_s: f64) -> Duration {
 
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    pub exe: PathBuf,
-    pub model: PathBuf,
     pub children: Vec<ChildSpec>,
     /// Fixed per-job timeout (`--job-timeout`), replacing [`job_timeout`].
     pub job_timeout: Option<Duration>,
@@ -76,8 +92,15 @@ impl Stats {
     }
 }
 
+/// Why the pool stopped: the machine's problem, not any track's.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct PoolStopped {
+    pub message: String,
+}
+
 /// Why a job produced no vector.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum JobFailure {
     /// The file's own problem, reported by a healthy child.
     #[error("{0}")]
@@ -85,16 +108,29 @@ pub enum JobFailure {
     /// Its children kept dying (see `policy`).
     #[error("{0}")]
     Crashed(String),
-    /// Not run: the pool is stopping or gave up.
+    /// Not run: the pool stopped (a local fault; see [`PoolStopped`]).
     #[error("not run: {0}")]
-    Cancelled(String),
+    Stopped(PoolStopped),
+    /// Not run: the pool is shutting down.
+    #[error("not run: shutting down")]
+    ShuttingDown,
 }
+
+impl JobFailure {
+    /// A failure of this machine rather than of the track: the job is handed back, never
+    /// reported failed.
+    pub fn is_local(&self) -> bool {
+        matches!(self, JobFailure::Stopped(_) | JobFailure::ShuttingDown)
+    }
+}
+
+type Reply = oneshot::Sender<Result<JobOutput, JobFailure>>;
 
 enum Command {
     Submit {
-        path: String,
+        path: WirePath,
         tags: bool,
-        reply: oneshot::Sender<Result<JobOutput, JobFailure>>,
+        reply: Reply,
     },
     Shutdown {
         done: oneshot::Sender<()>,
@@ -106,29 +142,31 @@ enum Command {
 pub struct Pool {
     tx: mpsc::UnboundedSender<Command>,
     pub stats: Arc<Stats>,
-    fatal: watch::Receiver<Option<String>>,
+    fatal: watch::Receiver<Option<PoolStopped>>,
 }
 
 impl Pool {
     /// Starts the children and the event loop (on the current tokio runtime).
-    pub fn start(cfg: PoolConfig) -> std::io::Result<(Pool, tokio::task::JoinHandle<()>)> {
-        let socket_dir = private_dir()?;
+    pub fn start(
+        cfg: PoolConfig,
+        spawner: Box<dyn Spawner>,
+    ) -> (Pool, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (fatal_tx, fatal) = watch::channel(None);
         let stats = Arc::new(Stats::default());
-        let state = State::new(cfg, socket_dir, Arc::clone(&stats), fatal_tx);
+        let state = State::new(cfg, spawner, Arc::clone(&stats), fatal_tx);
         let task = tokio::spawn(run(state, rx));
-        Ok((Pool { tx, stats, fatal }, task))
+        (Pool { tx, stats, fatal }, task)
     }
 
     /// Embeds one file in some child; retried across child deaths per `policy`.
     pub async fn embed(
         &self,
-        path: impl Into<String>,
+        path: impl Into<WirePath>,
         tags: bool,
     ) -> Result<JobOutput, JobFailure> {
         let (reply, rx) = oneshot::channel();
-        let gone = || JobFailure::Cancelled("the pool has stopped".into());
+        let gone = || self.stopped_failure();
         self.tx
             .send(Command::Submit {
                 path: path.into(),
@@ -139,17 +177,26 @@ impl Pool {
         rx.await.map_err(|_| gone())?
     }
 
-    /// Resolves with the reason when the pool gives up (children cannot start).
-    pub async fn fatal(&self) -> String {
-        let mut rx = self.fatal.clone();
-        loop {
-            if let Some(msg) = rx.borrow_and_update().clone() {
-                return msg;
-            }
-            if rx.changed().await.is_err() {
-                return "the pool has stopped".into();
-            }
+    /// The failure of a job that could not reach the event loop: the pool's stop reason
+    /// if it stopped, else shutdown.
+    fn stopped_failure(&self) -> JobFailure {
+        match self.fatal.borrow().clone() {
+            Some(s) => JobFailure::Stopped(s),
+            None => JobFailure::ShuttingDown,
         }
+    }
+
+    /// Resolves with the reason when the pool gives up (children cannot start).
+    pub async fn fatal(&self) -> PoolStopped {
+        let mut rx = self.fatal.clone();
+        let got = rx
+            .wait_for(|f| f.is_some())
+            .await
+            .ok()
+            .and_then(|f| f.clone());
+        got.unwrap_or_else(|| PoolStopped {
+            message: "the pool has stopped".into(),
+        })
     }
 
     /// Stops the children once their current jobs are done; unstarted jobs are cancelled.
@@ -161,25 +208,34 @@ impl Pool {
     }
 }
 
-/// A private directory for the sockets (0700 on Unix), swept of a previous run's.
-fn private_dir() -> std::io::Result<PathBuf> {
-    crate::private_dir::fresh(
-        &std::env::temp_dir().join(format!("chaarfm-super-{}", std::process::id())),
-    )
+/// A job in a child.
+#[derive(Debug, Clone, Copy)]
+struct Busy {
+    job: u64,
+    sent: Instant,
+    deadline: Instant,
+    timeout: Duration,
 }
 
-enum SlotState {
-    Starting,
-    Idle,
-    Busy {
-        job: u64,
-        sent: Instant,
-        deadline: Instant,
-        timeout: Duration,
+/// The one lifecycle of a child slot. Only `Idle` receives jobs.
+#[derive(Debug, Clone, Copy)]
+enum Life {
+    /// Process started, no hello yet.
+    Starting {
+        since: Instant,
     },
+    Idle,
+    Busy(Busy),
+    /// Asked to exit (shutdown, recycling); killed if it lingers.
     Stopping {
         since: Instant,
     },
+    /// SIGKILL sent; the exit event settles the job it held, if any.
+    Killing {
+        reason: KillReason,
+        job: Option<u64>,
+    },
+    /// No process; respawned at `restart_at` (never, when `None`).
     Dead {
         restart_at: Option<Instant>,
     },
@@ -188,52 +244,58 @@ enum SlotState {
 struct Slot {
     spec: ChildSpec,
     gen: u64,
-    state: SlotState,
-    handle: Option<Handle>,
-    spawned_at: Instant,
+    life: Life,
+    ctl: Option<Box<dyn Control>>,
     last_seen: Instant,
     hello: bool,
     served: u32,
-    kill_sent: Option<KillReason>,
     eof_at: Option<Instant>,
+    /// Failed starts in a row (spawn errors), for backoff and the log.
+    start_failures: u32,
 }
 
 struct JobState {
-    path: String,
+    path: WirePath,
     tags: bool,
-    reply: oneshot::Sender<Result<JobOutput, JobFailure>>,
+    reply: Reply,
     attempts: Attempts,
 }
 
 struct State {
     cfg: PoolConfig,
-    socket_dir: PathBuf,
+    spawner: Box<dyn Spawner>,
     slots: Vec<Slot>,
     jobs: HashMap<u64, JobState>,
     queue: VecDeque<u64>,
     next_id: u64,
     early_deaths: u32,
     stats: Arc<Stats>,
-    fatal_tx: watch::Sender<Option<String>>,
-    fatal: Option<String>,
+    fatal_tx: watch::Sender<Option<PoolStopped>>,
+    fatal: Option<PoolStopped>,
     shutting_down: bool,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: Option<mpsc::UnboundedReceiver<Event>>,
-    sys: sysinfo::System,
+    last_tick: Instant,
     last_memory_check: Instant,
 }
 
 async fn run(mut st: State, mut commands: mpsc::UnboundedReceiver<Command>) {
-    let mut events = st.events_rx.take().expect("events receiver");
+    let Some(mut events) = st.events_rx.take() else {
+        return;
+    };
     for i in 0..st.slots.len() {
         st.spawn(i);
     }
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut commands_open = true;
     loop {
+        // Child events first: after a pause, what the children said meanwhile counts
+        // before any deadline is judged.
         tokio::select! {
+            biased;
+            Some(ev) = events.recv() => st.on_event(ev),
             cmd = commands.recv(), if commands_open => match cmd {
                 Some(Command::Submit { path, tags, reply }) => st.submit(path, tags, reply),
                 Some(Command::Shutdown { done }) => {
@@ -245,7 +307,6 @@ async fn run(mut st: State, mut commands: mpsc::UnboundedReceiver<Command>) {
                     st.begin_shutdown();
                 }
             },
-            Some(ev) = events.recv() => st.on_event(ev),
             _ = tick.tick() => st.housekeeping(),
         }
         st.dispatch();
@@ -256,15 +317,14 @@ async fn run(mut st: State, mut commands: mpsc::UnboundedReceiver<Command>) {
     for w in st.shutdown_waiters.drain(..) {
         let _ = w.send(());
     }
-    let _ = std::fs::remove_dir_all(&st.socket_dir);
 }
 
 impl State {
     fn new(
         cfg: PoolConfig,
-        socket_dir: PathBuf,
+        spawner: Box<dyn Spawner>,
         stats: Arc<Stats>,
-        fatal_tx: watch::Sender<Option<String>>,
+        fatal_tx: watch::Sender<Option<PoolStopped>>,
     ) -> Self {
         let now = Instant::now();
         let slots = cfg
@@ -273,20 +333,19 @@ impl State {
             .map(|spec| Slot {
                 spec: spec.clone(),
                 gen: 0,
-                state: SlotState::Dead { restart_at: None },
-                handle: None,
-                spawned_at: now,
+                life: Life::Dead { restart_at: None },
+                ctl: None,
                 last_seen: now,
                 hello: false,
                 served: 0,
-                kill_sent: None,
                 eof_at: None,
+                start_failures: 0,
             })
             .collect();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         State {
             cfg,
-            socket_dir,
+            spawner,
             slots,
             jobs: HashMap::new(),
             queue: VecDeque::new(),
@@ -299,23 +358,18 @@ impl State {
             shutdown_waiters: Vec::new(),
             events_tx,
             events_rx: Some(events_rx),
-            sys: sysinfo::System::new(),
+            last_tick: now,
             last_memory_check: now,
         }
     }
 
-    fn submit(
-        &mut self,
-        path: String,
-        tags: bool,
-        reply: oneshot::Sender<Result<JobOutput, JobFailure>>,
-    ) {
+    fn submit(&mut self, path: WirePath, tags: bool, reply: Reply) {
         if let Some(f) = &self.fatal {
-            let _ = reply.send(Err(JobFailure::Cancelled(f.clone())));
+            let _ = reply.send(Err(JobFailure::Stopped(f.clone())));
             return;
         }
         if self.shutting_down {
-            let _ = reply.send(Err(JobFailure::Cancelled("shutting down".into())));
+            let _ = reply.send(Err(JobFailure::ShuttingDown));
             return;
         }
         let id = self.next_id;
@@ -333,47 +387,75 @@ impl State {
     }
 
     fn spawn(&mut self, i: usize) {
+        let now = Instant::now();
         let slot = &mut self.slots[i];
         slot.gen += 1;
         let tag = Tag {
             slot: i,
             gen: slot.gen,
         };
-        match proc::launch(
-            &self.cfg.exe,
-            &self.cfg.model,
-            &self.socket_dir,
-            &slot.spec,
-            tag,
-            self.events_tx.clone(),
-        ) {
-            Ok(handle) => {
-                tracing::debug!(slot = i, pid = handle.pid, "child started");
-                let now = Instant::now();
-                slot.handle = Some(handle);
-                slot.state = SlotState::Starting;
-                slot.spawned_at = now;
+        match self.spawner.spawn(&slot.spec, tag, self.events_tx.clone()) {
+            Ok(ctl) => {
+                tracing::debug!(slot = i, pid = ctl.pid(), "child started");
+                if slot.start_failures > 0 {
+                    tracing::info!(slot = i, "child process started again");
+                }
+                slot.ctl = Some(ctl);
+                slot.life = Life::Starting { since: now };
                 slot.last_seen = now;
                 slot.hello = false;
                 slot.served = 0;
-                slot.kill_sent = None;
                 slot.eof_at = None;
+                slot.start_failures = 0;
                 self.stats.alive.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => self.give_up(format!(
-                "cannot start a child process ({}): {e}",
-                self.cfg.exe.display()
-            )),
+            Err(e) => self.start_failed(i, e),
         }
     }
 
-    fn kill(&mut self, i: usize, why: KillReason) {
+    /// A child could not be started: retry with backoff; stop the pool only when no
+    /// child is alive and starts keep failing (a service manager then restarts us).
+    fn start_failed(&mut self, i: usize, e: SpawnError) {
+        let shortage = e.is_resource_shortage();
         let slot = &mut self.slots[i];
-        if slot.kill_sent.is_none() {
-            slot.kill_sent = Some(why);
+        slot.start_failures += 1;
+        let n = slot.start_failures;
+        let delay = if shortage {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_millis(500 << n.min(5)).min(Duration::from_secs(10))
+        };
+        slot.life = Life::Dead {
+            restart_at: Some(Instant::now() + delay),
+        };
+        if n == 1 {
+            if shortage {
+                tracing::warn!(slot = i, error = %e, "the machine is short of processes or memory: running with fewer children for now, retrying every 30 s");
+            } else {
+                tracing::warn!(slot = i, error = %e, "cannot start a child; retrying with backoff");
+            }
         }
-        if let Some(h) = &slot.handle {
-            h.kill();
+        let none_alive = self.slots.iter().all(|s| s.ctl.is_none());
+        if none_alive && n >= MAX_START_FAILURES {
+            self.give_up(format!(
+                "no child process can be started ({n} attempts in a row): {e}"
+            ));
+        }
+    }
+
+    /// SIGKILLs child `i`; its job (if any) stays with it until the exit event.
+    fn kill(&mut self, i: usize, reason: KillReason) {
+        let slot = &mut self.slots[i];
+        let job = match slot.life {
+            Life::Busy(b) => Some(b.job),
+            Life::Killing { job, .. } => job,
+            _ => None,
+        };
+        if !matches!(slot.life, Life::Killing { .. }) {
+            slot.life = Life::Killing { reason, job };
+        }
+        if let Some(c) = &slot.ctl {
+            c.kill();
         }
     }
 
@@ -382,7 +464,7 @@ impl State {
             return;
         }
         for i in 0..self.slots.len() {
-            if !matches!(self.slots[i].state, SlotState::Idle) {
+            if !matches!(self.slots[i].life, Life::Idle) {
                 continue;
             }
             let Some(id) = self.queue.pop_front() else {
@@ -393,20 +475,20 @@ impl State {
             };
             let timeout = self.cfg.job_timeout.unwrap_or(DECODE_TIMEOUT);
             let slot = &mut self.slots[i];
-            if let Some(h) = &slot.handle {
-                h.send(ToChild::Job(Job {
+            if let Some(c) = &slot.ctl {
+                c.send(ToChild::Job(Job {
                     id,
                     path: job.path.clone(),
                     tags: job.tags,
                 }));
             }
             let now = Instant::now();
-            slot.state = SlotState::Busy {
+            slot.life = Life::Busy(Busy {
                 job: id,
                 sent: now,
                 deadline: now + timeout,
                 timeout,
-            };
+            });
         }
     }
 
@@ -414,7 +496,7 @@ impl State {
         let tag = match &ev {
             Event::Frame(t, _) | Event::Eof(t, _) | Event::Exited(t, _) => *t,
         };
-        if self.slots[tag.slot].gen != tag.gen {
+        if self.slots.get(tag.slot).is_none_or(|s| s.gen != tag.gen) {
             return; // a previous incarnation's late news
         }
         match ev {
@@ -446,27 +528,21 @@ impl State {
                 }
                 tracing::info!(slot = i, pid, %device, model = &model_sha256[..12.min(model_sha256.len())], "child ready");
                 self.slots[i].hello = true;
-                if matches!(self.slots[i].state, SlotState::Starting) {
-                    self.slots[i].state = if self.shutting_down {
+                if matches!(self.slots[i].life, Life::Starting { .. }) {
+                    self.slots[i].life = if self.shutting_down {
                         self.stop(i)
                     } else {
-                        SlotState::Idle
+                        Life::Idle
                     };
                 }
                 self.early_deaths = 0;
             }
             FromChild::Fatal { message } => self.give_up(message),
             FromChild::Decoded { id, duration_s } => {
-                if let SlotState::Busy {
-                    job,
-                    deadline,
-                    timeout,
-                    ..
-                } = &mut self.slots[i].state
-                {
-                    if *job == id && self.cfg.job_timeout.is_none() {
-                        *timeout = job_timeout(duration_s);
-                        *deadline = now + *timeout;
+                if let Life::Busy(b) = &mut self.slots[i].life {
+                    if b.job == id && self.cfg.job_timeout.is_none() {
+                        b.timeout = job_timeout(duration_s);
+                        b.deadline = now + b.timeout;
                     }
                 }
             }
@@ -479,14 +555,14 @@ impl State {
     }
 
     fn finish(&mut self, i: usize, id: u64, result: Result<JobOutput, JobFailure>) {
-        let SlotState::Busy { job, sent, .. } = self.slots[i].state else {
+        let Life::Busy(b) = self.slots[i].life else {
             return;
         };
-        if job != id {
+        if b.job != id {
             return;
         }
         if let Ok(out) = &result {
-            let overhead_us = (sent.elapsed().as_secs_f64() * 1e3 - out.wall_ms).max(0.0) * 1e3;
+            let overhead_us = (b.sent.elapsed().as_secs_f64() * 1e3 - out.wall_ms).max(0.0) * 1e3;
             self.stats
                 .overhead_us
                 .fetch_add(overhead_us as u64, Ordering::Relaxed);
@@ -498,41 +574,44 @@ impl State {
         self.slots[i].served += 1;
         let served = self.slots[i].served;
         let recycle = self.cfg.max_jobs_per_child.is_some_and(|m| served >= m);
-        self.slots[i].state = if self.shutting_down || recycle {
+        self.slots[i].life = if self.shutting_down || recycle {
             self.stop(i)
         } else {
-            SlotState::Idle
+            Life::Idle
         };
     }
 
     /// Asks child `i` to exit; returns its new state.
-    fn stop(&self, i: usize) -> SlotState {
-        if let Some(h) = &self.slots[i].handle {
-            h.send(ToChild::Shutdown);
+    fn stop(&self, i: usize) -> Life {
+        if let Some(c) = &self.slots[i].ctl {
+            c.send(ToChild::Shutdown);
         }
-        SlotState::Stopping {
+        Life::Stopping {
             since: Instant::now(),
         }
     }
 
     fn on_exit(&mut self, i: usize, ending: Ending) {
-        let sent = self.slots[i].kill_sent.take();
-        let state = std::mem::replace(
-            &mut self.slots[i].state,
-            SlotState::Dead { restart_at: None },
-        );
-        self.slots[i].handle = None;
+        let life = std::mem::replace(&mut self.slots[i].life, Life::Dead { restart_at: None });
+        self.slots[i].ctl = None;
         self.stats.alive.fetch_sub(1, Ordering::Relaxed);
-        let cause = policy::classify(ending, sent);
+        let (job, kill) = match life {
+            Life::Busy(b) => (Some(b.job), None),
+            Life::Killing { reason, job } => (job, Some(reason)),
+            _ => (None, None),
+        };
+        let cause = policy::classify(ending, kill);
         let early = !self.slots[i].hello;
-        if let SlotState::Busy { job, .. } = state {
+        let asked_to_stop = matches!(life, Life::Stopping { .. });
+        if let Some(job) = job {
             if let Some(j) = self.jobs.get_mut(&job) {
                 match policy::reassign(&mut j.attempts, &cause) {
                     Verdict::Retry => {
-                        tracing::warn!(slot = i, path = %j.path, cause = ?cause, "child died; job goes to another child");
+                        tracing::warn!(slot = i, path = %j.path, %cause, "child died; the job goes to another child");
                         self.queue.push_front(job);
                     }
-                    Verdict::Fail(reason) => {
+                    Verdict::Fail { cause, attempts } => {
+                        let reason = Verdict::message(&cause, attempts);
                         tracing::warn!(slot = i, path = %j.path, %reason, "job failed");
                         if let Some(j) = self.jobs.remove(&job) {
                             let _ = j.reply.send(Err(JobFailure::Crashed(reason)));
@@ -540,21 +619,17 @@ impl State {
                     }
                 }
             }
-        } else if !matches!(state, SlotState::Stopping { .. }) {
-            tracing::warn!(slot = i, cause = ?cause, "child died");
+        } else if !asked_to_stop && cause.fault != Fault::Supervisor {
+            tracing::warn!(slot = i, %cause, "child died");
         }
         if self.shutting_down || self.fatal.is_some() {
             return;
         }
-        let recycled = matches!(state, SlotState::Stopping { .. });
         let delay = if early {
             self.early_deaths += 1;
             if self.early_deaths >= MAX_EARLY_DEATHS {
-                let what = match cause {
-                    policy::Cause::Job(s) | policy::Cause::External(s) => s,
-                };
                 self.give_up(format!(
-                    "children keep dying before they are ready ({} times in a row; last: {what})",
+                    "children keep dying before they are ready ({} times in a row; last: {cause})",
                     self.early_deaths
                 ));
                 return;
@@ -563,22 +638,27 @@ impl State {
         } else {
             Duration::ZERO
         };
-        if !recycled {
+        if !asked_to_stop {
             self.stats.restarts.fetch_add(1, Ordering::Relaxed);
         }
-        self.slots[i].state = SlotState::Dead {
+        self.slots[i].life = Life::Dead {
             restart_at: Some(Instant::now() + delay),
         };
     }
 
     fn housekeeping(&mut self) {
         let now = Instant::now();
+        let gap = now.duration_since(self.last_tick);
+        self.last_tick = now;
+        if gap > STALL {
+            self.forgive(gap.saturating_sub(TICK));
+        }
         for i in 0..self.slots.len() {
             let slot = &self.slots[i];
-            if slot.handle.is_none() {
-                if let SlotState::Dead {
+            if slot.ctl.is_none() {
+                if let Life::Dead {
                     restart_at: Some(t),
-                } = slot.state
+                } = slot.life
                 {
                     if t <= now && !self.shutting_down && self.fatal.is_none() {
                         self.spawn(i);
@@ -587,29 +667,27 @@ impl State {
                 continue;
             }
             let silent = now.duration_since(slot.last_seen);
-            let why = match &slot.state {
-                SlotState::Busy {
-                    deadline, timeout, ..
-                } if now > *deadline => Some(KillReason::Timeout(*timeout)),
-                SlotState::Starting if now.duration_since(slot.spawned_at) > HELLO_TIMEOUT => {
-                    Some(KillReason::Heartbeat(HELLO_TIMEOUT))
+            let why = match &slot.life {
+                Life::Killing { .. } => None,
+                Life::Busy(b) if now > b.deadline => Some(KillReason::Timeout(b.timeout)),
+                Life::Starting { since } if now.duration_since(*since) > HELLO_TIMEOUT => {
+                    Some(KillReason::HelloTimeout(HELLO_TIMEOUT))
                 }
-                SlotState::Stopping { since }
-                    if now.duration_since(*since) > Duration::from_secs(5) =>
-                {
-                    Some(KillReason::Routine)
+                Life::Stopping { since } if now.duration_since(*since) > STOP_GRACE => {
+                    Some(KillReason::Shutdown)
                 }
                 _ if slot.hello && silent > HEARTBEAT_TIMEOUT => {
                     Some(KillReason::Heartbeat(HEARTBEAT_TIMEOUT))
                 }
                 _ => slot
                     .eof_at
-                    .filter(|t| now.duration_since(*t) > Duration::from_secs(2))
+                    .filter(|t| now.duration_since(*t) > EOF_GRACE)
                     .map(|_| KillReason::Disconnected),
             };
             if let Some(why) = why {
-                if slot.kill_sent.is_none() {
-                    tracing::warn!(slot = i, reason = ?why, "killing child");
+                if why != KillReason::Shutdown {
+                    let cause = policy::classify(Ending::Signal(9), Some(why));
+                    tracing::warn!(slot = i, %cause, "killing child");
                 }
                 self.kill(i, why);
             }
@@ -620,40 +698,56 @@ impl State {
         }
     }
 
+    /// The loop did not run for `d` (the supervisor was paused or its thread blocked):
+    /// the children were not heard meanwhile through no fault of theirs, so every clock
+    /// that judges them moves forward by `d`.
+    fn forgive(&mut self, d: Duration) {
+        tracing::warn!(
+            paused_s = format!("{:.1}", d.as_secs_f64()),
+            "the supervisor did not run for a while (paused or stalled); children are not judged on that time"
+        );
+        for s in &mut self.slots {
+            s.last_seen += d;
+            if let Some(t) = &mut s.eof_at {
+                *t += d;
+            }
+            match &mut s.life {
+                Life::Busy(b) => b.deadline += d,
+                Life::Starting { since } | Life::Stopping { since } => *since += d,
+                _ => {}
+            }
+        }
+    }
+
     fn check_memory(&mut self) {
-        use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate};
-        let pids: Vec<Pid> = self
+        let pids: Vec<u32> = self
             .slots
             .iter()
-            .filter_map(|s| s.handle.as_ref())
-            .map(|h| Pid::from_u32(h.pid))
+            .filter(|s| !matches!(s.life, Life::Killing { .. }))
+            .filter_map(|s| s.ctl.as_ref().map(|c| c.pid()))
             .collect();
         if pids.is_empty() {
             return;
         }
-        self.sys.refresh_processes_specifics(
-            ProcessesToUpdate::Some(&pids),
-            true,
-            ProcessRefreshKind::nothing().with_memory(),
-        );
         let limit_mb = self.cfg.max_child_memory_mb;
-        for i in 0..self.slots.len() {
-            let Some(pid) = self.slots[i].handle.as_ref().map(|h| h.pid) else {
+        for (pid, rss_mb) in self.spawner.rss_mb(&pids) {
+            if rss_mb <= limit_mb {
                 continue;
-            };
-            let Some(p) = self.sys.process(Pid::from_u32(pid)) else {
-                continue;
-            };
-            let rss_mb = p.memory() / (1 << 20);
-            if rss_mb > limit_mb && self.slots[i].kill_sent.is_none() {
-                tracing::warn!(
-                    slot = i,
-                    rss_mb,
-                    limit_mb,
-                    "child over its memory ceiling; killing it"
-                );
-                self.kill(i, KillReason::Memory { rss_mb, limit_mb });
             }
+            let Some(i) = self
+                .slots
+                .iter()
+                .position(|s| s.ctl.as_ref().is_some_and(|c| c.pid() == pid))
+            else {
+                continue;
+            };
+            tracing::warn!(
+                slot = i,
+                rss_mb,
+                limit_mb,
+                "child over its memory ceiling; killing it"
+            );
+            self.kill(i, KillReason::Memory { rss_mb, limit_mb });
         }
     }
 
@@ -664,38 +758,43 @@ impl State {
         self.shutting_down = true;
         for id in std::mem::take(&mut self.queue) {
             if let Some(j) = self.jobs.remove(&id) {
-                let _ = j
-                    .reply
-                    .send(Err(JobFailure::Cancelled("shutting down".into())));
+                let _ = j.reply.send(Err(JobFailure::ShuttingDown));
             }
         }
         for i in 0..self.slots.len() {
-            match self.slots[i].state {
-                SlotState::Idle => self.slots[i].state = self.stop(i),
-                SlotState::Starting => self.kill(i, KillReason::Routine),
+            match self.slots[i].life {
+                Life::Idle => self.slots[i].life = self.stop(i),
+                Life::Starting { .. } => self.kill(i, KillReason::Shutdown),
+                Life::Dead { .. } => self.slots[i].life = Life::Dead { restart_at: None },
                 _ => {}
             }
         }
     }
 
     /// Stops everything: the pool cannot work (model missing, children cannot start...).
+    /// Every job, queued or running, gets the same typed failure, once.
     fn give_up(&mut self, message: String) {
         if self.fatal.is_some() {
             return;
         }
         tracing::error!(%message, "stopping the pool");
-        self.fatal = Some(message.clone());
-        let _ = self.fatal_tx.send(Some(message.clone()));
+        let stopped = PoolStopped { message };
+        self.fatal = Some(stopped.clone());
+        let _ = self.fatal_tx.send(Some(stopped.clone()));
         self.queue.clear();
         for (_, j) in self.jobs.drain() {
-            let _ = j.reply.send(Err(JobFailure::Cancelled(message.clone())));
+            let _ = j.reply.send(Err(JobFailure::Stopped(stopped.clone())));
         }
         for i in 0..self.slots.len() {
-            self.kill(i, KillReason::Routine);
+            if self.slots[i].ctl.is_some() {
+                self.kill(i, KillReason::PoolStopped);
+            } else {
+                self.slots[i].life = Life::Dead { restart_at: None };
+            }
         }
     }
 
     fn all_dead(&self) -> bool {
-        self.slots.iter().all(|s| s.handle.is_none())
+        self.slots.iter().all(|s| s.ctl.is_none())
     }
 }

@@ -5,11 +5,14 @@
 //!   SIGFPE...), a non-zero or unexpected exit, or the supervisor's own kill for a
 //!   timeout, the memory ceiling or a lost heartbeat: the job gets **3** attempts;
 //! - a SIGKILL the supervisor did not send (an operator, the kernel's OOM killer): the job
-//!   gets **10** attempts, since the job is probably innocent.
+//!   gets **10** attempts, since the job is probably innocent;
+//! - the supervisor's own routine kills (shutdown, recycling, the pool stopping) are never
+//!   charged to a job.
 //!
 //! Then it fails with the last cause and the count, e.g. `child killed by SIGSEGV on 3
 //! attempts`. A retried job goes to the front of the queue.
 
+use std::fmt;
 use std::time::Duration;
 
 /// Attempts allowed when the job plausibly killed its child.
@@ -25,61 +28,103 @@ pub enum KillReason {
         rss_mb: u64,
         limit_mb: u64,
     },
+    /// No frame at all for this long.
     Heartbeat(Duration),
+    /// Never said hello (model loaded) within this.
+    HelloTimeout(Duration),
     /// Its connection closed or carried garbage while the process lived on.
     Disconnected,
-    /// Shutdown or recycling: not the job's fault, and no job is held then.
-    Routine,
+    /// Shutdown: a child that was starting, or did not exit when asked.
+    Shutdown,
+    /// The pool stopped (see `Pool::fatal`); its job was already answered.
+    PoolStopped,
 }
 
 /// How a child process ended, as the OS reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
     Exit(i32),
+    /// Killed by this signal (Unix).
     Signal(i32),
     /// The platform gave neither (should not happen).
     Unknown,
 }
 
-/// Whose fault a death was, with a description for the job's failure message.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Cause {
+/// Whose fault a death was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
     /// Plausibly the job's.
-    Job(String),
+    Job,
     /// Something outside the process tree.
-    External(String),
+    External,
+    /// chaarfm-super's own routine kill; never charged to a job.
+    Supervisor,
 }
 
-/// Classifies a death; `sent` is the supervisor's own kill, if it sent one.
-pub fn classify(ending: Ending, sent: Option<KillReason>) -> Cause {
-    match sent {
-        Some(KillReason::Timeout(t)) => {
-            return Cause::Job(format!("job timed out after {} s", t.as_secs()))
-        }
-        Some(KillReason::Memory { rss_mb, limit_mb }) => {
-            return Cause::Job(format!(
+/// A child's death, typed; its text is made only when shown.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cause {
+    pub fault: Fault,
+    pub ending: Ending,
+    pub kill: Option<KillReason>,
+}
+
+/// Classifies a death; `kill` is the supervisor's own kill, if it sent one.
+pub fn classify(ending: Ending, kill: Option<KillReason>) -> Cause {
+    let fault = match kill {
+        Some(
+            KillReason::Timeout(_)
+            | KillReason::Memory { .. }
+            | KillReason::Heartbeat(_)
+            | KillReason::HelloTimeout(_)
+            | KillReason::Disconnected,
+        ) => Fault::Job,
+        Some(KillReason::Shutdown | KillReason::PoolStopped) => Fault::Supervisor,
+        None if ending == Ending::Signal(SIGKILL) => Fault::External,
+        None => Fault::Job,
+    };
+    Cause {
+        fault,
+        ending,
+        kill,
+    }
+}
+
+const SIGKILL: i32 = 9;
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kill {
+            Some(KillReason::Timeout(t)) => write!(f, "job timed out after {} s", t.as_secs()),
+            Some(KillReason::Memory { rss_mb, limit_mb }) => write!(
+                f,
                 "child exceeded the memory limit ({rss_mb} MB > {limit_mb} MB)"
-            ))
-        }
-        Some(KillReason::Heartbeat(t)) => {
-            return Cause::Job(format!(
+            ),
+            Some(KillReason::Heartbeat(t)) => write!(
+                f,
                 "child stopped responding (no heartbeat for {} s)",
                 t.as_secs()
-            ))
+            ),
+            Some(KillReason::HelloTimeout(t)) => write!(
+                f,
+                "child did not get ready within {} s (no hello; model loading hung?)",
+                t.as_secs()
+            ),
+            Some(KillReason::Disconnected) => f.write_str("child broke its IPC connection"),
+            Some(KillReason::Shutdown) => f.write_str("child stopped by chaarfm-super (shutdown)"),
+            Some(KillReason::PoolStopped) => {
+                f.write_str("child stopped by chaarfm-super (the pool stopped)")
+            }
+            None => match self.ending {
+                Ending::Signal(SIGKILL) => f.write_str(
+                    "child killed by SIGKILL from outside chaarfm-super (OOM killer or operator)",
+                ),
+                Ending::Signal(s) => write!(f, "child killed by {}", signal_name(s)),
+                Ending::Exit(0) => f.write_str("child exited during the job"),
+                Ending::Exit(c) => write!(f, "child exited with status {c}"),
+                Ending::Unknown => f.write_str("child ended for an unknown reason"),
+            },
         }
-        Some(KillReason::Disconnected) => {
-            return Cause::Job("child broke its IPC connection".into())
-        }
-        Some(KillReason::Routine) | None => {}
-    }
-    match ending {
-        Ending::Signal(9) => Cause::External(
-            "child killed by SIGKILL from outside chaarfm-super (OOM killer or operator)".into(),
-        ),
-        Ending::Signal(s) => Cause::Job(format!("child killed by {}", signal_name(s))),
-        Ending::Exit(0) => Cause::Job("child exited during the job".into()),
-        Ending::Exit(c) => Cause::Job(format!("child exited with status {c}")),
-        Ending::Unknown => Cause::Job("child ended for an unknown reason".into()),
     }
 }
 
@@ -94,51 +139,59 @@ pub struct Attempts {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     Retry,
-    Fail(String),
+    Fail { cause: Cause, attempts: u32 },
 }
 
-/// Counts the death against the job and decides whether it runs again.
+impl Verdict {
+    /// The failure message a job gets: `child killed by SIGSEGV on 3 attempts`.
+    pub fn message(cause: &Cause, attempts: u32) -> String {
+        format!("{cause} on {attempts} attempts")
+    }
+}
+
+/// Counts the death against the job (unless the supervisor caused it) and decides whether
+/// the job runs again.
 pub fn reassign(attempts: &mut Attempts, cause: &Cause) -> Verdict {
-    let (count, limit, what) = match cause {
-        Cause::Job(what) => {
+    let (count, limit) = match cause.fault {
+        Fault::Job => {
             attempts.caused += 1;
-            (attempts.caused, CAUSED_ATTEMPTS, what)
+            (attempts.caused, CAUSED_ATTEMPTS)
         }
-        Cause::External(what) => {
+        Fault::External => {
             attempts.external += 1;
-            (attempts.external, EXTERNAL_ATTEMPTS, what)
+            (attempts.external, EXTERNAL_ATTEMPTS)
         }
+        Fault::Supervisor => return Verdict::Retry,
     };
     if count >= limit {
-        Verdict::Fail(format!("{what} on {count} attempts"))
+        Verdict::Fail {
+            cause: *cause,
+            attempts: count,
+        }
     } else {
         Verdict::Retry
     }
 }
 
-/// `SIGSEGV` etc. for the signals a decoder crash produces; the number otherwise.
+/// `SIGSEGV` etc. (nix's names on Unix); the number otherwise.
 pub fn signal_name(s: i32) -> String {
-    let name = match s {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        4 => "SIGILL",
-        5 => "SIGTRAP",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        11 => "SIGSEGV",
-        13 => "SIGPIPE",
-        15 => "SIGTERM",
-        31 => "SIGSYS",
-        _ => return format!("signal {s}"),
-    };
-    name.to_string()
+    #[cfg(unix)]
+    if let Ok(sig) = nix::sys::signal::Signal::try_from(s) {
+        return sig.as_str().to_string();
+    }
+    format!("signal {s}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fail_message(v: Verdict) -> String {
+        match v {
+            Verdict::Fail { cause, attempts } => Verdict::message(&cause, attempts),
+            Verdict::Retry => panic!("expected a failure"),
+        }
+    }
 
     #[test]
     fn a_segfaulting_job_fails_after_three_attempts() {
@@ -147,8 +200,8 @@ mod tests {
         assert_eq!(reassign(&mut a, &cause), Verdict::Retry);
         assert_eq!(reassign(&mut a, &cause), Verdict::Retry);
         assert_eq!(
-            reassign(&mut a, &cause),
-            Verdict::Fail("child killed by SIGSEGV on 3 attempts".into())
+            fail_message(reassign(&mut a, &cause)),
+            "child killed by SIGSEGV on 3 attempts"
         );
     }
 
@@ -156,12 +209,11 @@ mod tests {
     fn outside_sigkills_allow_ten_attempts() {
         let mut a = Attempts::default();
         let cause = classify(Ending::Signal(9), None);
+        assert_eq!(cause.fault, Fault::External);
         for _ in 0..9 {
             assert_eq!(reassign(&mut a, &cause), Verdict::Retry);
         }
-        assert!(
-            matches!(reassign(&mut a, &cause), Verdict::Fail(m) if m.ends_with("on 10 attempts"))
-        );
+        assert!(fail_message(reassign(&mut a, &cause)).ends_with("on 10 attempts"));
     }
 
     #[test]
@@ -170,7 +222,8 @@ mod tests {
             Ending::Signal(9),
             Some(KillReason::Timeout(Duration::from_secs(60))),
         );
-        assert_eq!(t, Cause::Job("job timed out after 60 s".into()));
+        assert_eq!(t.fault, Fault::Job);
+        assert_eq!(t.to_string(), "job timed out after 60 s");
         let m = classify(
             Ending::Signal(9),
             Some(KillReason::Memory {
@@ -178,12 +231,29 @@ mod tests {
                 limit_mb: 800,
             }),
         );
-        assert!(matches!(m, Cause::Job(s) if s.contains("memory limit")));
-        assert!(
-            matches!(classify(Ending::Exit(101), None), Cause::Job(s) if s.contains("status 101"))
+        assert!(m.to_string().contains("memory limit"));
+        assert!(classify(Ending::Exit(101), None)
+            .to_string()
+            .contains("status 101"));
+        assert!(classify(Ending::Signal(6), None)
+            .to_string()
+            .contains("SIGABRT"));
+    }
+
+    #[test]
+    fn routine_kills_are_never_charged_nor_called_external() {
+        for why in [KillReason::Shutdown, KillReason::PoolStopped] {
+            let c = classify(Ending::Signal(9), Some(why));
+            assert_eq!(c.fault, Fault::Supervisor);
+            assert!(!c.to_string().contains("from outside"), "{c}");
+            let mut a = Attempts::default();
+            assert_eq!(reassign(&mut a, &c), Verdict::Retry);
+            assert_eq!(a, Attempts::default());
+        }
+        let hello = classify(
+            Ending::Signal(9),
+            Some(KillReason::HelloTimeout(Duration::from_secs(60))),
         );
-        assert!(
-            matches!(classify(Ending::Signal(6), None), Cause::Job(s) if s.contains("SIGABRT"))
-        );
+        assert!(hello.to_string().contains("no hello"), "{hello}");
     }
 }

@@ -39,21 +39,136 @@ pub enum Event {
 }
 
 /// The pool's side of a running child.
+pub trait Control: Send {
+    fn pid(&self) -> u32;
+    /// Queues a frame; a dead child's frames are dropped (its exit event is on its way).
+    fn send(&self, msg: ToChild);
+    /// Asks for SIGKILL (TerminateProcess on Windows); the exit event follows.
+    fn kill(&self);
+}
+
+/// Starts children. The real one ([`ProcSpawner`]) runs processes; the pool's unit tests
+/// use a fake, so the state machine is tested without processes or wall clock.
+pub trait Spawner: Send {
+    /// Starts child `tag` and the tasks that turn what it does into [`Event`]s.
+    fn spawn(
+        &mut self,
+        spec: &ChildSpec,
+        tag: Tag,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Result<Box<dyn Control>, SpawnError>;
+    /// Resident memory of these processes, in MB (missing ones are left out).
+    fn rss_mb(&mut self, pids: &[u32]) -> Vec<(u32, u64)>;
+}
+
+/// Why a child could not be started; each names its own cause.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot create the runtime directory {path}: {source}")]
+    RuntimeDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on the child socket {path}: {source}")]
+    Listen {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start the child process {exe}: {source}")]
+    Exec {
+        exe: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl SpawnError {
+    /// EAGAIN / ENOMEM: the machine is short of processes or memory right now; fewer
+    /// children for a while, not a stop.
+    pub fn is_resource_shortage(&self) -> bool {
+        let e = match self {
+            SpawnError::Exec { source, .. } | SpawnError::Listen { source, .. } => source,
+            SpawnError::RuntimeDir { .. } => return false,
+        };
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::OutOfMemory
+        ) || matches!(e.raw_os_error(), Some(11 | 12))
+    }
+}
+
+/// Real children: the same executable in hidden `__child` mode, one local socket each in
+/// the runtime directory (recreated if something removed it).
+pub struct ProcSpawner {
+    pub exe: PathBuf,
+    pub model: PathBuf,
+    pub runtime_dir: PathBuf,
+    sys: sysinfo::System,
+}
+
+impl ProcSpawner {
+    pub fn new(exe: PathBuf, model: PathBuf, runtime_dir: PathBuf) -> Self {
+        Self {
+            exe,
+            model,
+            runtime_dir,
+            sys: sysinfo::System::new(),
+        }
+    }
+}
+
+impl Spawner for ProcSpawner {
+    fn spawn(
+        &mut self,
+        spec: &ChildSpec,
+        tag: Tag,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Result<Box<dyn Control>, SpawnError> {
+        crate::os::ensure_private_dir(&self.runtime_dir).map_err(|source| {
+            SpawnError::RuntimeDir {
+                path: self.runtime_dir.clone(),
+                source,
+            }
+        })?;
+        let h = launch(&self.exe, &self.model, &self.runtime_dir, spec, tag, events)?;
+        Ok(Box::new(h))
+    }
+
+    fn rss_mb(&mut self, pids: &[u32]) -> Vec<(u32, u64)> {
+        use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate};
+        let ids: Vec<Pid> = pids.iter().map(|&p| Pid::from_u32(p)).collect();
+        self.sys.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&ids),
+            true,
+            ProcessRefreshKind::nothing().with_memory(),
+        );
+        pids.iter()
+            .filter_map(|&p| {
+                self.sys
+                    .process(Pid::from_u32(p))
+                    .map(|pr| (p, pr.memory() / (1 << 20)))
+            })
+            .collect()
+    }
+}
+
+/// A running child process.
 #[derive(Debug)]
-pub struct Handle {
-    pub pid: u32,
+struct Handle {
+    pid: u32,
     to_child: mpsc::UnboundedSender<ToChild>,
     kill: mpsc::UnboundedSender<()>,
 }
 
-impl Handle {
-    /// Queues a frame; a dead child's frames are dropped (its exit event is on its way).
-    pub fn send(&self, msg: ToChild) {
+impl Control for Handle {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn send(&self, msg: ToChild) {
         let _ = self.to_child.send(msg);
     }
 
-    /// Asks for SIGKILL (TerminateProcess on Windows).
-    pub fn kill(&self) {
+    fn kill(&self) {
         let _ = self.kill.send(());
     }
 }
@@ -74,44 +189,79 @@ fn socket_for(dir: &Path, tag: Tag) -> String {
     }
 }
 
+/// The child's command line, as one type: built here, parsed by the child's clap
+/// definition (`cli::ChildArgs`); `tests` check the round trip.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildCommand {
+    pub socket: String,
+    pub parent_pid: u32,
+    pub model: PathBuf,
+    pub spec: ChildSpec,
+}
+
+impl ChildCommand {
+    pub fn args(&self) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = Vec::new();
+        let mut push = |k: &str, v: std::ffi::OsString| {
+            a.push(k.into());
+            a.push(v);
+        };
+        push("--socket", self.socket.clone().into());
+        push("--parent-pid", self.parent_pid.to_string().into());
+        push("--model", self.model.clone().into_os_string());
+        push("--device", self.spec.device.to_string().into());
+        push("--threads", self.spec.threads.to_string().into());
+        push("--batch", self.spec.batch.to_string().into());
+        let mut all = vec![std::ffi::OsString::from("__child")];
+        all.extend(a);
+        all
+    }
+}
+
 /// Starts a child and the tasks that watch it.
-pub fn launch(
+fn launch(
     exe: &Path,
     model: &Path,
     socket_dir: &Path,
     spec: &ChildSpec,
     tag: Tag,
     events: mpsc::UnboundedSender<Event>,
-) -> std::io::Result<Handle> {
+) -> Result<Handle, SpawnError> {
     let socket = socket_for(socket_dir, tag);
     let _ = std::fs::remove_file(&socket);
+    let listen_err = |source| SpawnError::Listen {
+        path: socket.clone(),
+        source,
+    };
     let listener = ListenerOptions::new()
-        .name(chaarfm_child::serve::socket_name(&socket)?)
-        .create_tokio()?;
+        .name(chaarfm_child::serve::socket_name(&socket).map_err(listen_err)?)
+        .create_tokio()
+        .map_err(listen_err)?;
+    let command = ChildCommand {
+        socket: socket.clone(),
+        parent_pid: std::process::id(),
+        model: model.to_path_buf(),
+        spec: spec.clone(),
+    };
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("__child")
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--parent-pid")
-        .arg(std::process::id().to_string())
-        .arg("--model")
-        .arg(model)
-        .arg("--device")
-        .arg(spec.device.to_string())
-        .arg("--threads")
-        .arg(spec.threads.to_string())
-        .arg("--batch")
-        .arg(spec.batch.to_string())
+    cmd.args(command.args())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        // Piped through the supervisor's own (non-blocking) log, prefixed with the slot.
+        .stderr(Stdio::piped())
         .kill_on_drop(true);
     // Its own process group: a terminal's Ctrl-C reaches only the supervisor, which then
     // drains; children are stopped by the supervisor (or by PDEATHSIG if it dies).
     #[cfg(unix)]
     cmd.process_group(0);
-    let mut child = cmd.spawn()?;
+    let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
+        exe: exe.to_path_buf(),
+        source,
+    })?;
     let pid = child.id().unwrap_or(0);
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(relay_stderr(err, tag));
+    }
     let (to_child, mut to_child_rx) = mpsc::unbounded_channel::<ToChild>();
     let (kill, mut kill_rx) = mpsc::unbounded_channel::<()>();
 
@@ -171,6 +321,38 @@ pub fn launch(
         kill,
     })
 }
+
+/// A child's stderr, line by line, into the supervisor's log with its slot; at most
+/// [`RELAY_BURST`] lines per second, the rest counted and reported.
+async fn relay_stderr(err: tokio::process::ChildStderr, tag: Tag) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(err).lines();
+    let mut window = tokio::time::Instant::now();
+    let (mut shown, mut dropped) = (0u32, 0u64);
+    while let Ok(Some(line)) = lines.next_line().await {
+        if window.elapsed() >= std::time::Duration::from_secs(1) {
+            if dropped > 0 {
+                tracing::warn!(
+                    slot = tag.slot,
+                    dropped,
+                    "child log lines dropped (too many)"
+                );
+            }
+            window = tokio::time::Instant::now();
+            (shown, dropped) = (0, 0);
+        }
+        if shown >= RELAY_BURST {
+            dropped += 1;
+            continue;
+        }
+        shown += 1;
+        let line: String = line.chars().take(500).collect();
+        tracing::info!(slot = tag.slot, "child: {line}");
+    }
+}
+
+/// Lines per second a child may put in the supervisor's log.
+const RELAY_BURST: u32 = 20;
 
 async fn read_frames(conn: std::sync::Arc<Stream>, tag: Tag, events: mpsc::UnboundedSender<Event>) {
     let mut recv = &*conn;

@@ -78,6 +78,29 @@ pub enum DownloadError {
     Io(#[from] std::io::Error),
 }
 
+impl DownloadError {
+    /// A fault of this machine (its disk), not of the track or its source: the job is
+    /// handed back rather than reported failed.
+    pub fn is_local(&self) -> bool {
+        match self {
+            DownloadError::Io(_) => true,
+            DownloadError::YtDlp(msg) => {
+                let m = msg.to_ascii_lowercase();
+                [
+                    "no space left on device",
+                    "errno 28",
+                    "read-only file system",
+                    "disk quota exceeded",
+                    "unable to open for writing",
+                ]
+                .iter()
+                .any(|s| m.contains(s))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// What a download produced.
 #[derive(Debug, Clone)]
 pub struct Downloaded {

@@ -6,10 +6,15 @@
 //!   the hello; after 3 s without a welcome, more lanes (connections) are opened, one per
 //!   extra slot, since it gives one job per connection (`--lanes off` keeps one).
 //! - Every lane reconnects after any loss (`server::reconnect`: 2 s, x1.5, at most 60 s,
-//!   reset after a stable connection). A 4xx on the handshake is a bad code: stop.
-//! - Each job: download (in the supervisor) -> pool -> result, written to the outbox first,
-//!   then sent on the lane that got it. A job re-sent while its key is being worked on
-//!   attaches to that work.
+//!   reset after a stable connection). A 401/403 on the handshake is a bad code, another
+//!   4xx a URL without a worker endpoint: stop. A ping every 10 s; 30 s without hearing
+//!   from the server is a dead connection.
+//! - Each job: download (in the supervisor) -> pool -> result, held in the outbox until
+//!   the server has shown it processed it, sent on the lane that got it. A job re-sent
+//!   while its key is being worked on attaches to that work.
+//! - A job that fails for a fault of this machine (disk, pool) is handed back, never
+//!   reported failed: its connection is closed (today's server requeues it) or it is
+//!   `release`d (protocol 2). A disk fault pauses intake until a probe succeeds.
 
 pub mod download;
 pub mod outbox;
@@ -29,12 +34,23 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::pool::Pool;
 use crate::signals::Signals;
+use crate::Outcome;
 use outbox::{Entry, Outbox};
+use work::{LocalFault, LocalKind};
 
 /// How long to wait for a `welcome` before assuming today's one-job-per-connection server.
 const WELCOME_WAIT: Duration = Duration::from_secs(3);
 /// Keepalive period (the hosting platform sleeps idle servers).
 const KEEPALIVE: Duration = Duration::from_secs(600);
+/// A WebSocket ping this often...
+const PING_EVERY: Duration = Duration::from_secs(10);
+/// ...and a connection that has said nothing for this long is dead (a frozen server).
+const SILENCE_LIMIT: Duration = Duration::from_secs(30);
+/// Draining against today's server: how long to wait for the next job, which proves the
+/// last result was processed, before closing anyway.
+const PROOF_WAIT: Duration = Duration::from_secs(3);
+/// Size of the probe file written to see whether the disk works again.
+const PROBE_BYTES: usize = 1 << 20;
 
 /// Connect-mode settings.
 #[derive(Debug, Clone)]
@@ -99,6 +115,46 @@ impl Backoff {
     }
 }
 
+/// Whether the worker takes jobs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intake {
+    Open,
+    /// A fault of this machine: jobs are handed back until a probe succeeds.
+    Paused(String),
+}
+
+/// What the work tasks tell a lane.
+#[derive(Debug)]
+pub enum LaneCmd {
+    /// A stored result to send.
+    Result(Entry),
+    /// A job not done for a local fault: release it (protocol 2) or close (today's server).
+    HandBack { job_id: String, reason: String },
+}
+
+/// Counts a job as held by a lane until dropped (a panicking job task included), so a
+/// drain can never wait forever on a count nothing will decrement.
+pub struct BusyGuard {
+    ctx: Arc<Ctx>,
+    lane: usize,
+}
+
+impl BusyGuard {
+    fn new(ctx: &Arc<Ctx>, lane: usize) -> Self {
+        ctx.set_busy(lane, 1);
+        BusyGuard {
+            ctx: Arc::clone(ctx),
+            lane,
+        }
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.ctx.set_busy(self.lane, -1);
+    }
+}
+
 /// What the lanes share.
 pub struct Ctx {
     pub pool: Pool,
@@ -112,15 +168,17 @@ pub struct Ctx {
     masked_code: String,
     base: String,
     protocol2: AtomicBool,
-    lanes: Mutex<Vec<mpsc::UnboundedSender<Entry>>>,
+    lanes: Mutex<Vec<mpsc::UnboundedSender<LaneCmd>>>,
     pub work: work::Work,
-    /// Jobs accepted and not yet answered, per lane.
+    /// Jobs accepted and not yet settled, per lane.
     busy: Mutex<Vec<usize>>,
     draining: watch::Sender<bool>,
+    intake: watch::Sender<Intake>,
     welcome: watch::Sender<Option<usize>>,
     connected: watch::Sender<bool>,
     fatal: watch::Sender<Option<String>>,
     pub jobs_done: AtomicUsize,
+    handed_back: AtomicUsize,
     /// Children + 1: the next download overlaps inference.
     slots: usize,
 }
@@ -130,18 +188,50 @@ impl Ctx {
         self.lanes.lock().map(|l| l.len()).unwrap_or(1)
     }
 
+    fn send_lane(&self, lane: usize, cmd: LaneCmd) {
+        let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let lane = if lane < lanes.len() { lane } else { 0 };
+        if let Some(tx) = lanes.get(lane) {
+            let _ = tx.send(cmd);
+        }
+    }
+
     /// Hands a stored result to the lane that got the job (or lane 0 if that lane does
     /// not exist in this run).
     pub fn deliver(&self, entry: Entry) {
-        let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        let lane = if entry.lane < lanes.len() {
-            entry.lane
-        } else {
-            0
-        };
-        if let Some(tx) = lanes.get(lane) {
-            let _ = tx.send(entry);
+        self.send_lane(entry.lane, LaneCmd::Result(entry));
+    }
+
+    /// Gives a job back to the server: a fault of this machine, not the track's.
+    pub fn hand_back(&self, lane: usize, job_id: &str, fault: &LocalFault) {
+        if fault.kind == LocalKind::Disk {
+            self.pause(fault.message.clone());
         }
+        self.handed_back.fetch_add(1, Ordering::Relaxed);
+        self.send_lane(
+            lane,
+            LaneCmd::HandBack {
+                job_id: job_id.to_string(),
+                reason: fault.message.clone(),
+            },
+        );
+    }
+
+    /// Stops intake for a local fault; logged once per change of state.
+    pub fn pause(&self, reason: String) {
+        self.intake.send_if_modified(|i| {
+            if *i == Intake::Open {
+                tracing::error!(%reason, "pausing: no new jobs until the state dir can be written again (jobs are handed back to the server, not failed)");
+                *i = Intake::Paused(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn paused(&self) -> bool {
+        *self.intake.borrow() != Intake::Open
     }
 
     fn set_busy(&self, lane: usize, delta: isize) {
@@ -158,15 +248,71 @@ impl Ctx {
             .map(|b| b.get(lane).copied().unwrap_or(0))
             .unwrap_or(0)
     }
+
+    /// Results for `lane` held in the outbox (lane 0 takes those of lanes that do not
+    /// exist in this run).
+    fn pending_for(&self, lane: usize) -> Vec<Entry> {
+        let n = self.lane_count();
+        self.outbox
+            .pending()
+            .into_iter()
+            .filter(|e| e.lane == lane || (lane == 0 && e.lane >= n))
+            .collect()
+    }
+}
+
+/// Writes and removes a probe file in `dir`: whether downloads can be stored again.
+fn probe_disk(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    crate::os::ensure_private_dir(dir)?;
+    let p = dir.join("probe.tmp");
+    let r = (|| {
+        let mut f = std::fs::File::create(&p)?;
+        f.write_all(&vec![0u8; PROBE_BYTES])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&p);
+    r
+}
+
+/// While intake is paused: probe the disk with backoff, write what the outbox holds in
+/// memory, and reopen intake when both work.
+async fn recover(ctx: Arc<Ctx>) {
+    let mut intake = ctx.intake.subscribe();
+    loop {
+        if intake.wait_for(|i| *i != Intake::Open).await.is_err() {
+            return;
+        }
+        let mut backoff = Backoff::default();
+        loop {
+            tokio::time::sleep(backoff.next_delay()).await;
+            let c = Arc::clone(&ctx);
+            let ok = tokio::task::spawn_blocking(move || {
+                probe_disk(&c.tmp).and_then(|()| c.outbox.persist())
+            })
+            .await;
+            match ok {
+                Ok(Ok(())) => {
+                    tracing::info!("the state dir can be written again: taking jobs");
+                    let _ = ctx.intake.send(Intake::Open);
+                    break;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "state dir still failing"),
+                Err(_) => {}
+            }
+        }
+    }
 }
 
 /// A private directory for downloads (0700), emptied at start.
 fn private_tmp(state_dir: &std::path::Path) -> std::io::Result<PathBuf> {
-    crate::private_dir::fresh(&state_dir.join("tmp"))
+    let dir = state_dir.join("tmp");
+    crate::os::fresh_private_dir(&dir)?;
+    Ok(dir)
 }
 
 /// Runs connect mode until a signal (drain, exit 0) or a fatal error.
-pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<()> {
+pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<Outcome> {
     let url = worker_url(&opts.base, &opts.code)?;
     let masked_url = url.replace(
         &format!("/{}/", opts.code),
@@ -180,7 +326,7 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<(
         ),
     }
     let outbox = Outbox::open(&opts.state_dir.join("outbox")).context("opening the outbox")?;
-    let pending = outbox.pending().len();
+    let pending = outbox.len();
     if pending > 0 {
         tracing::info!(
             pending,
@@ -202,17 +348,20 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<(
         work: work::Work::default(),
         busy: Mutex::new(Vec::new()),
         draining: watch::channel(false).0,
+        intake: watch::channel(Intake::Open).0,
         welcome: watch::channel(None).0,
         connected: watch::channel(false).0,
         fatal: watch::channel(None).0,
         jobs_done: AtomicUsize::new(0),
+        handed_back: AtomicUsize::new(0),
         slots: children + 1,
     });
     let slots = ctx.slots;
     tracing::info!(url = %ctx.masked_url, slots, "connecting to ChaarFM");
     let mut lanes = tokio::task::JoinSet::new();
     spawn_lane(&ctx, &mut lanes);
-    tokio::spawn(keepalive(Arc::clone(&ctx)));
+    let keep = tokio::spawn(keepalive(Arc::clone(&ctx)));
+    let rec = tokio::spawn(recover(Arc::clone(&ctx)));
 
     let mut signals = Signals::new()?;
     let mut connected = ctx.connected.subscribe();
@@ -228,7 +377,7 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<(
     };
     tokio::pin!(decide);
     let mut decided = false;
-    loop {
+    let stopped: Option<String> = loop {
         tokio::select! {
             w = &mut decide, if !decided => {
                 decided = true;
@@ -245,35 +394,62 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<(
             }
             _ = signals.next() => {
                 if *ctx.draining.borrow() {
-                    eprintln!("chaarfm-super: second interrupt, stopping now");
-                    std::process::exit(130);
+                    crate::logging::eprint("chaarfm-super: second interrupt, stopping now\n");
+                    crate::os::exit_now(130);
                 }
                 tracing::warn!("interrupted: finishing the jobs in flight and sending their results (interrupt again to stop now)");
                 let _ = ctx.draining.send(true);
             }
             msg = fatal.wait_for(|f| f.is_some()) => {
-                let msg = msg.map(|m| m.clone().unwrap_or_default()).unwrap_or_default();
-                anyhow::bail!("{msg}");
+                break Some(msg.map(|m| m.clone().unwrap_or_default()).unwrap_or_default());
             }
-            msg = ctx.pool.fatal() => anyhow::bail!("{msg}"),
+            stop = ctx.pool.fatal() => {
+                // Jobs held are handed back: closing their connections requeues them.
+                break Some(format!("{stop}; the jobs in hand were handed back to the server"));
+            }
             j = lanes.join_next() => {
                 if let Some(msg) = ctx.fatal.borrow().clone() {
-                    anyhow::bail!("{msg}");
+                    break Some(msg);
                 }
                 if j.is_none() || (*ctx.draining.borrow() && lanes.is_empty()) {
-                    break;
+                    break None;
                 }
             }
         }
+    };
+    if stopped.is_some() {
+        lanes.shutdown().await;
     }
     while lanes.join_next().await.is_some() {}
-    println!(
-        "chaarfm-super: stopped after {} job(s); {} result(s) left in the outbox",
+    keep.abort();
+    rec.abort();
+    let held = ctx.outbox.len();
+    let unsaved = ctx.outbox.unsaved();
+    if unsaved > 0 {
+        tracing::warn!(
+            unsaved,
+            "results held only in memory: the outbox could not be written"
+        );
+    }
+    let fallback = std::env::temp_dir().join(format!(
+        "chaarfm-super-undelivered-{}.jsonl",
+        std::process::id()
+    ));
+    let lost = ctx.outbox.rescue(&fallback);
+    crate::logging::print(&format!(
+        "chaarfm-super: stopped after {} job(s), {} handed back; {held} result(s) kept in the outbox (sent again at the next start; with today's server the last result of each connection stays until then, as the server gives no receipt)\n",
         ctx.jobs_done.load(Ordering::Relaxed),
-        ctx.outbox.pending().len()
-    );
+        ctx.handed_back.load(Ordering::Relaxed),
+    ));
     ctx.pool.shutdown().await;
-    Ok(())
+    if let Some(msg) = stopped {
+        anyhow::bail!("{msg}");
+    }
+    Ok(if lost > 0 {
+        Outcome::Lost(lost)
+    } else {
+        Outcome::Ok
+    })
 }
 
 fn spawn_lane(ctx: &Arc<Ctx>, set: &mut tokio::task::JoinSet<()>) {
@@ -288,16 +464,29 @@ fn spawn_lane(ctx: &Arc<Ctx>, set: &mut tokio::task::JoinSet<()>) {
 
 enum Ended {
     Lost(String),
+    /// Closed to hand a job back, or to stop taking jobs while paused.
+    HandedBack,
     Drained,
 }
 
 /// One connection, reconnected after any loss until the drain is complete.
-async fn lane(ctx: Arc<Ctx>, id: usize, mut results: mpsc::UnboundedReceiver<Entry>) {
+async fn lane(ctx: Arc<Ctx>, id: usize, mut cmds: mpsc::UnboundedReceiver<LaneCmd>) {
     let mut backoff = Backoff::default();
     let mut draining = ctx.draining.subscribe();
+    let mut intake = ctx.intake.subscribe();
     loop {
-        if *draining.borrow() && ctx.busy(id) == 0 && !has_pending(&ctx, id) {
+        if *draining.borrow() && ctx.busy(id) == 0 && ctx.pending_for(id).is_empty() {
             return;
+        }
+        // Today's server: a connection is a request for a job; none while paused.
+        if !ctx.protocol2.load(Ordering::Relaxed) && ctx.busy(id) == 0 {
+            tokio::select! {
+                _ = intake.wait_for(|i| *i == Intake::Open) => {}
+                _ = draining.wait_for(|d| *d) => {}
+            }
+            if *draining.borrow() && ctx.pending_for(id).is_empty() {
+                return;
+            }
         }
         let attempt = tokio::time::timeout(
             Duration::from_secs(20),
@@ -309,11 +498,18 @@ async fn lane(ctx: Arc<Ctx>, id: usize, mut results: mpsc::UnboundedReceiver<Ent
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp)))
                 if resp.status().is_client_error() =>
             {
-                let msg = format!(
-                    "the server refused pairing code {} (HTTP {}): check --code / CHAARFM_CODE against the code shown on the /ingest page",
-                    ctx.masked_code,
-                    resp.status()
-                );
+                let status = resp.status().as_u16();
+                let msg = if status == 401 || status == 403 {
+                    format!(
+                        "the server refused pairing code {} (HTTP {status}): check --code / CHAARFM_CODE against the code shown on the /ingest page",
+                        ctx.masked_code
+                    )
+                } else {
+                    format!(
+                        "{} answered HTTP {status} to the worker endpoint: that URL has no ChaarFM worker endpoint (check --url / CHAARFM_URL)",
+                        ctx.base
+                    )
+                };
                 let _ = ctx.fatal.send(Some(msg));
                 return;
             }
@@ -335,8 +531,12 @@ async fn lane(ctx: Arc<Ctx>, id: usize, mut results: mpsc::UnboundedReceiver<Ent
             }
         };
         let since = Instant::now();
-        match serve_connection(&ctx, id, ws, &mut results, &mut draining).await {
+        match serve_connection(&ctx, id, ws, &mut cmds, &mut draining).await {
             Ended::Drained => return,
+            Ended::HandedBack => {
+                tracing::debug!(lane = id, "connection closed to hand a job back");
+                continue;
+            }
             Ended::Lost(why) => tracing::warn!(lane = id, %why, "connection lost; reconnecting"),
         }
         if since.elapsed() > Duration::from_secs(30) {
@@ -345,14 +545,6 @@ async fn lane(ctx: Arc<Ctx>, id: usize, mut results: mpsc::UnboundedReceiver<Ent
         let d = backoff.next_delay();
         let _ = wait_or_drain(&mut draining, d).await;
     }
-}
-
-fn has_pending(ctx: &Ctx, lane: usize) -> bool {
-    let n = ctx.lane_count();
-    ctx.outbox
-        .pending()
-        .iter()
-        .any(|e| e.lane == lane || (lane == 0 && e.lane >= n))
 }
 
 /// Sleeps `d`; returns early (true) when a drain starts.
@@ -371,7 +563,7 @@ async fn serve_connection(
     ctx: &Arc<Ctx>,
     id: usize,
     ws: Ws,
-    results: &mut mpsc::UnboundedReceiver<Entry>,
+    cmds: &mut mpsc::UnboundedReceiver<LaneCmd>,
     draining: &mut watch::Receiver<bool>,
 ) -> Ended {
     let (mut sink, mut stream) = ws.split();
@@ -388,32 +580,80 @@ async fn serve_connection(
             return Ended::Lost(e);
         }
     }
-    // Results from before this connection (or this run) go first.
+    // Results not yet shown processed go first (from before this connection or run).
     let mut sent: HashSet<String> = HashSet::new();
-    let n = ctx.lane_count();
-    for e in ctx.outbox.pending() {
-        if e.lane == id || (id == 0 && e.lane >= n) {
-            if let Err(err) = send_json(&mut sink, &e.msg).await {
-                return Ended::Lost(err);
-            }
-            if !p2() {
-                ctx.outbox.remove(&e.job_id);
-            }
-            sent.insert(e.job_id);
+    // Today's server: results sent on this connection and not yet proven processed (the
+    // next job on this connection proves them).
+    let mut unproven: Vec<String> = Vec::new();
+    for e in ctx.pending_for(id) {
+        if let Err(err) = send_json(&mut sink, &e.msg).await {
+            return Ended::Lost(err);
         }
+        if !p2() {
+            unproven.push(e.job_id.clone());
+        }
+        sent.insert(e.job_id);
     }
+    let mut intake = ctx.intake.subscribe();
+    let mut announced_pause = false;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = Instant::now();
+    let mut proof_deadline: Option<tokio::time::Instant> = None;
     loop {
-        if *draining.borrow() && ctx.busy(id) == 0 && !has_pending(ctx, id) {
-            let _ = sink.send(Message::Close(None)).await;
-            return Ended::Drained;
+        let paused = ctx.paused();
+        let unsent = ctx
+            .pending_for(id)
+            .iter()
+            .any(|e| !sent.contains(&e.job_id));
+        if !p2() && ctx.busy(id) == 0 && !unsent {
+            if *draining.borrow() {
+                // Wait a little for the next job, which proves the last result arrived.
+                if unproven.is_empty()
+                    || proof_deadline.is_some_and(|d| d <= tokio::time::Instant::now())
+                {
+                    let _ = sink.send(Message::Close(None)).await;
+                    return Ended::Drained;
+                }
+                proof_deadline.get_or_insert_with(|| tokio::time::Instant::now() + PROOF_WAIT);
+            } else if paused {
+                // A connection asks today's server for a job: none while paused.
+                let _ = sink.send(Message::Close(None)).await;
+                return Ended::HandedBack;
+            }
         }
+        if p2() {
+            if *draining.borrow() && ctx.busy(id) == 0 && ctx.pending_for(id).is_empty() {
+                let _ = sink.send(Message::Close(None)).await;
+                return Ended::Drained;
+            }
+            if paused != announced_pause {
+                let msg = match &*ctx.intake.borrow() {
+                    Intake::Paused(reason) => WorkerMsg::Pause {
+                        reason: reason.clone(),
+                    },
+                    Intake::Open => WorkerMsg::Resume,
+                };
+                if let Err(e) = send_json(&mut sink, &msg).await {
+                    return Ended::Lost(e);
+                }
+                announced_pause = paused;
+            }
+        }
+        let proof_wait = async {
+            match proof_deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             msg = stream.next() => {
+                heard = Instant::now();
                 let text = match msg {
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Close(_))) | None => return Ended::Lost("closed by the server".into()),
                     Some(Err(e)) => return Ended::Lost(e.to_string()),
-                    Some(Ok(_)) => continue, // pings are answered by tungstenite; binary is not ours
+                    Some(Ok(_)) => continue, // pongs; pings are answered by tungstenite
                 };
                 match parse_server(text.as_str()) {
                     Incoming::Ping => {
@@ -423,18 +663,39 @@ async fn serve_connection(
                     }
                     Incoming::Welcome { protocol, slots } if protocol >= PROTOCOL => {
                         ctx.protocol2.store(true, Ordering::Relaxed);
+                        for j in unproven.drain(..) {
+                            ctx.outbox.remove(&j);
+                        }
                         let _ = ctx.welcome.send(Some(slots));
                     }
                     Incoming::Welcome { protocol, .. } => tracing::warn!(protocol, "welcome for an unknown protocol; ignored"),
                     Incoming::Ack { job_id } => ctx.outbox.remove(&job_id),
                     Incoming::Job(job) => {
-                        if *draining.borrow() {
-                            // Not taken: the server requeues it when this connection closes.
-                            tracing::info!(lane = id, job = %job.job_id, "draining: job left for another worker");
+                        // Today's server sends the next job only once it has handled
+                        // the last result on this connection.
+                        for j in unproven.drain(..) {
+                            ctx.outbox.remove(&j);
+                        }
+                        if *draining.borrow() || ctx.paused() {
+                            let why = if ctx.paused() { "paused" } else { "draining" };
+                            tracing::info!(lane = id, job = %job.job_id, "{why}: job left for later");
+                            if p2() {
+                                let release = WorkerMsg::Release {
+                                    job_id: job.job_id.clone(),
+                                    reason: format!("worker {why}"),
+                                };
+                                if let Err(e) = send_json(&mut sink, &release).await {
+                                    return Ended::Lost(e);
+                                }
+                            } else if !*draining.borrow() {
+                                // Closing hands it back; the server requeues it.
+                                let _ = sink.send(Message::Close(None)).await;
+                                return Ended::HandedBack;
+                            }
                             continue;
                         }
-                        ctx.set_busy(id, 1);
-                        tokio::spawn(work::run(Arc::clone(ctx), id, job));
+                        let guard = BusyGuard::new(ctx, id);
+                        tokio::spawn(work::run(Arc::clone(ctx), id, job, guard));
                     }
                     Incoming::Ignored(why) => {
                         let shown: String = why.chars().take(200).collect();
@@ -442,19 +703,43 @@ async fn serve_connection(
                     }
                 }
             }
-            Some(entry) = results.recv() => {
-                if sent.contains(&entry.job_id) {
-                    continue;
+            Some(cmd) = cmds.recv() => match cmd {
+                LaneCmd::Result(entry) => {
+                    if sent.contains(&entry.job_id) {
+                        continue;
+                    }
+                    if let Err(e) = send_json(&mut sink, &entry.msg).await {
+                        return Ended::Lost(e); // still in the outbox: sent after reconnecting
+                    }
+                    if !p2() {
+                        unproven.push(entry.job_id.clone());
+                    }
+                    sent.insert(entry.job_id);
                 }
-                if let Err(e) = send_json(&mut sink, &entry.msg).await {
-                    return Ended::Lost(e); // still in the outbox: sent after reconnecting
+                LaneCmd::HandBack { job_id, reason } => {
+                    if p2() {
+                        let release = WorkerMsg::Release { job_id, reason };
+                        if let Err(e) = send_json(&mut sink, &release).await {
+                            return Ended::Lost(e);
+                        }
+                    } else {
+                        // Today's server requeues the job of a closed connection.
+                        let _ = sink.send(Message::Close(None)).await;
+                        return Ended::HandedBack;
+                    }
                 }
-                if !p2() {
-                    ctx.outbox.remove(&entry.job_id);
+            },
+            _ = ping.tick() => {
+                if heard.elapsed() > SILENCE_LIMIT {
+                    return Ended::Lost(format!("nothing heard from the server for {} s", SILENCE_LIMIT.as_secs()));
                 }
-                sent.insert(entry.job_id);
+                if let Err(e) = sink.send(Message::Ping(Vec::new().into())).await {
+                    return Ended::Lost(e.to_string());
+                }
             }
+            _ = proof_wait => {}
             _ = draining.changed() => {}
+            _ = intake.changed() => {}
         }
     }
 }

@@ -15,18 +15,71 @@ use chaarfm_shared::server::{
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use super::download::{self, Downloaded};
+use super::download::{self, DownloadError, Downloaded};
 use super::outbox::Entry;
-use super::Ctx;
+use super::{BusyGuard, Ctx};
+
+/// Why a job was not done: the track's fault (reported failed) or this machine's
+/// (handed back to the server, never reported failed).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fail {
+    Track(String),
+    Local(LocalFault),
+}
+
+/// A fault of this machine; see the rule in docs/ARCHITECTURE.md.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalFault {
+    pub kind: LocalKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalKind {
+    /// The state dir cannot be written (full, read-only, removed): intake pauses until a
+    /// probe succeeds.
+    Disk,
+    /// The pool stopped or is shutting down: the worker stops.
+    Pool,
+}
+
+impl Fail {
+    fn disk(message: String) -> Fail {
+        Fail::Local(LocalFault {
+            kind: LocalKind::Disk,
+            message,
+        })
+    }
+}
+
+/// What a job ended with.
+type End = Result<Outcome, LocalFault>;
 
 /// Work in progress by job key.
 #[derive(Default)]
 pub struct Work {
-    in_progress: Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
+    in_progress: Mutex<HashMap<String, watch::Receiver<Option<End>>>>,
 }
 
-/// Runs `job` received on `lane` and delivers its result.
-pub async fn run(ctx: Arc<Ctx>, lane: usize, job: ServerJob) {
+/// Removes a key from the work in progress when its job ends, a panic included.
+struct KeyGuard<'a> {
+    work: &'a Work,
+    key: String,
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        self.work
+            .in_progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// Runs `job` received on `lane` and delivers its result, or hands it back. `busy` is
+/// the lane's count of jobs held; it drops (panics included) when the job is settled.
+pub async fn run(ctx: Arc<Ctx>, lane: usize, job: ServerJob, busy: BusyGuard) {
     let key = job.key();
     let existing = {
         let mut map = ctx
@@ -43,27 +96,35 @@ pub async fn run(ctx: Arc<Ctx>, lane: usize, job: ServerJob) {
             }
         }
     };
-    let outcome = match existing {
+    let end: End = match existing {
         Err(mut rx) => {
             tracing::info!(job = %job.job_id, key = %key, "same key already in progress; attaching to it");
             match rx.wait_for(|o| o.is_some()).await {
-                Ok(o) => o.clone().unwrap_or(Outcome::Failed {
-                    error: "lost".into(),
-                }),
-                Err(_) => Outcome::Failed {
-                    error: "the job it attached to was abandoned".into(),
-                },
+                Ok(o) => o.clone().unwrap_or_else(|| Err(abandoned())),
+                Err(_) => Err(abandoned()),
             }
         }
         Ok(tx) => {
-            let outcome = execute(&ctx, &job).await;
-            let _ = tx.send(Some(outcome.clone()));
-            ctx.work
-                .in_progress
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
-            outcome
+            let _key = KeyGuard {
+                work: &ctx.work,
+                key: key.clone(),
+            };
+            let end = match execute(&ctx, &job).await {
+                Ok(data) => Ok(Outcome::Success { data }),
+                Err(Fail::Track(error)) => Ok(Outcome::Failed { error }),
+                Err(Fail::Local(l)) => Err(l),
+            };
+            let _ = tx.send(Some(end.clone()));
+            end
+        }
+    };
+    let outcome = match end {
+        Ok(o) => o,
+        Err(fault) => {
+            tracing::warn!(job = %job.job_id, reason = %fault.message, "job handed back to the server (a fault of this machine, not the track's)");
+            ctx.hand_back(lane, &job.job_id, &fault);
+            drop(busy);
+            return;
         }
     };
     if let Outcome::Failed { error } = &outcome {
@@ -79,24 +140,34 @@ pub async fn run(ctx: Arc<Ctx>, lane: usize, job: ServerJob) {
             outcome,
         }),
     };
-    if let Err(e) = ctx.outbox.put(&entry) {
-        tracing::error!(error = %e, "cannot write the outbox; sending the result without a copy on disk");
+    let ob = Arc::clone(&ctx);
+    let stored = {
+        let entry = entry.clone();
+        tokio::task::spawn_blocking(move || ob.outbox.put(&entry)).await
+    };
+    match stored {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => ctx.pause(format!(
+            "cannot write the outbox in the state dir: {e}; results are kept in memory until it works again"
+        )),
+        Err(e) => tracing::error!(error = %e, "outbox task failed"),
     }
     ctx.jobs_done.fetch_add(1, Ordering::Relaxed);
-    ctx.set_busy(lane, -1);
+    drop(busy);
     ctx.deliver(entry);
 }
 
-async fn execute(ctx: &Ctx, job: &ServerJob) -> Outcome {
+fn abandoned() -> LocalFault {
+    LocalFault {
+        kind: LocalKind::Pool,
+        message: "the job it attached to was abandoned".into(),
+    }
+}
+
+async fn execute(ctx: &Ctx, job: &ServerJob) -> Result<Value, Fail> {
     match &job.kind {
-        JobKind::Download(d) => match download_and_embed(ctx, &job.job_id, d).await {
-            Ok(data) => Outcome::Success { data },
-            Err(error) => Outcome::Failed { error },
-        },
-        JobKind::Genre(g) => match genre(ctx, g).await {
-            Ok(data) => Outcome::Success { data },
-            Err(error) => Outcome::Failed { error },
-        },
+        JobKind::Download(d) => download_and_embed(ctx, &job.job_id, d).await,
+        JobKind::Genre(g) => genre(ctx, g).await.map_err(Fail::Track),
     }
 }
 
@@ -122,7 +193,16 @@ impl Drop for JobFiles<'_> {
     }
 }
 
-async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<Value, String> {
+/// A download error: the machine's (disk) or the track's.
+fn classify(e: DownloadError) -> Fail {
+    if e.is_local() {
+        Fail::disk(e.to_string())
+    } else {
+        Fail::Track(e.to_string())
+    }
+}
+
+async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<Value, Fail> {
     let stem: String = job_id
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
@@ -133,6 +213,13 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
     } else {
         stem
     };
+    // Recreated if something removed it; failing that, the disk is the problem.
+    crate::os::ensure_private_dir(&ctx.tmp).map_err(|e| {
+        Fail::disk(format!(
+            "cannot create the download directory {}: {e}",
+            ctx.tmp.display()
+        ))
+    })?;
     let _cleanup = JobFiles {
         dir: &ctx.tmp,
         stem: &stem,
@@ -140,7 +227,7 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
     let url = d.youtube_url.as_deref().filter(|u| !u.trim().is_empty());
     let got: Downloaded = match url {
         Some(url) => {
-            download::check_url(url).map_err(|e| e.to_string())?;
+            download::check_url(url).map_err(classify)?;
             if download::is_direct_audio(url) {
                 let ext = url
                     .split(['?', '#'])
@@ -152,8 +239,8 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
                 let (u, dst, limits) = (url.to_string(), dest.clone(), ctx.limits.clone());
                 tokio::task::spawn_blocking(move || download::http_download(&u, &dst, &limits))
                     .await
-                    .map_err(|e| format!("download task failed: {e}"))?
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| Fail::Track(format!("download task failed: {e}")))?
+                    .map_err(classify)?;
                 Downloaded {
                     path: dest,
                     meta: None,
@@ -163,10 +250,10 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
                 let ytdlp = ctx
                     .ytdlp
                     .as_deref()
-                    .ok_or_else(|| download::DownloadError::NoYtDlp.to_string())?;
+                    .ok_or_else(|| classify(DownloadError::NoYtDlp))?;
                 download::ytdlp_download(ytdlp, url, false, &ctx.tmp, &stem, &ctx.limits)
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(classify)?
             }
         }
         None => {
@@ -175,25 +262,32 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
                 d.title.as_deref().unwrap_or(""),
             );
             if artist.trim().is_empty() && title.trim().is_empty() {
-                return Err("job has neither youtube_url nor artist/title".into());
+                return Err(Fail::Track(
+                    "job has neither youtube_url nor artist/title".into(),
+                ));
             }
             let ytdlp = ctx
                 .ytdlp
                 .as_deref()
-                .ok_or_else(|| download::DownloadError::NoYtDlp.to_string())?;
+                .ok_or_else(|| classify(DownloadError::NoYtDlp))?;
             let query = format!("ytsearch1:\"{artist} {title} lyrics\"");
             download::ytdlp_download(ytdlp, &query, true, &ctx.tmp, &stem, &ctx.limits)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(classify)?
         }
     };
-    let out = ctx
-        .pool
-        .embed(got.path.display().to_string(), false)
-        .await
-        .map_err(|e| format!("vectorization failed: {e}"))?;
+    let out = match ctx.pool.embed(got.path.clone(), false).await {
+        Ok(out) => out,
+        Err(e) if e.is_local() => {
+            return Err(Fail::Local(LocalFault {
+                kind: LocalKind::Pool,
+                message: e.to_string(),
+            }))
+        }
+        Err(e) => return Err(Fail::Track(format!("vectorization failed: {e}"))),
+    };
     if out.vector.len() != 200 || out.vector.iter().any(|v| !v.is_finite()) {
-        return Err("vectorization failed: NaN in vector".into());
+        return Err(Fail::Track("vectorization failed: NaN in vector".into()));
     }
     let meta = got.meta.as_ref();
     let meta_str = |k: &str| {
@@ -226,7 +320,7 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
         vector: out.vector,
         source_url: Some(got.source_url),
     })
-    .map_err(|e| e.to_string())
+    .map_err(|e| Fail::Track(e.to_string()))
 }
 
 /// Quality filter of a genre job (PROTOCOL.md defaults, overridden by `quality_config`).
