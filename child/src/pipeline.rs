@@ -56,6 +56,8 @@ pub struct Embedding {
     pub patches: usize,
     pub duration_s: f64,
     pub timings: Timings,
+    /// Artist and title from the file's own tags.
+    pub file_tags: FileTags,
 }
 
 /// Decodes, resamples and computes the mel frames of `path`, checking it is long enough
@@ -117,7 +119,19 @@ pub fn features(path: &Path) -> Result<Features, EmbedError> {
 
 /// The whole pipeline for one file.
 pub fn embed_file(path: &Path, model: &mut Musicnn) -> Result<Embedding, EmbedError> {
+    embed_file_observed(path, model, |_| {})
+}
+
+/// [`embed_file`], calling `decoded(seconds)` once the audio is decoded and before
+/// inference (the child reports it, so the supervisor can set the job's deadline). The
+/// one embed function: the child serves with it and the accuracy tests call it.
+pub fn embed_file_observed(
+    path: &Path,
+    model: &mut Musicnn,
+    decoded: impl FnOnce(f64),
+) -> Result<Embedding, EmbedError> {
     let f = features(path)?;
+    decoded(f.duration_s());
     let s = Instant::now();
     let p = model.predict(&f.mel)?;
     let mut timings = f.timings;
@@ -128,6 +142,7 @@ pub fn embed_file(path: &Path, model: &mut Musicnn) -> Result<Embedding, EmbedEr
         patches: p.patches,
         duration_s: f.duration_s(),
         timings,
+        file_tags: f.tags,
     })
 }
 

@@ -157,28 +157,25 @@ pub fn run(args: ServeArgs) -> i32 {
 }
 
 fn embed(model: &mut Musicnn, job: &ipc::Job, writer: &Writer) -> Result<JobOutput, String> {
-    let features = pipeline::features(&job.path.to_path_buf()).map_err(|e| e.to_string())?;
-    let duration_s = features.duration_s();
-    let _ = send(
-        writer,
-        &FromChild::Decoded {
-            id: job.id,
-            duration_s,
-        },
-    );
-    let start = Instant::now();
-    let p = model.predict(&features.mel).map_err(|e| e.to_string())?;
-    let mut timings = features.timings;
-    timings.infer_ms = start.elapsed().as_secs_f64() * 1e3;
+    let e = pipeline::embed_file_observed(&job.path.to_path_buf(), model, |duration_s| {
+        let _ = send(
+            writer,
+            &FromChild::Decoded {
+                id: job.id,
+                duration_s,
+            },
+        );
+    })
+    .map_err(|e| e.to_string())?;
     Ok(JobOutput {
-        vector: p.vector,
-        tags: if job.tags { p.tags } else { Vec::new() },
-        patches: p.patches as u32,
-        duration_s,
-        timings,
+        vector: e.vector,
+        tags: if job.tags { e.tags } else { Vec::new() },
+        patches: e.patches as u32,
+        duration_s: e.duration_s,
+        timings: e.timings,
         peak_rss_kib: isolation::peak_rss_kib(),
         wall_ms: 0.0,
-        artist: features.tags.artist,
-        title: features.tags.title,
+        artist: e.file_tags.artist,
+        title: e.file_tags.title,
     })
 }
