@@ -308,3 +308,16 @@ impl Spawned {
         (status, text(self.out.take()), text(self.err.take()))
     }
 }
+
+/// SIGTERMs a background supervisor and waits (killing it after 120 s); returns its exit
+/// status and stderr.
+#[cfg(target_os = "linux")]
+pub fn stop(mut sup: Spawned) -> (Option<i32>, String) {
+    use nix::sys::signal::{kill, Signal};
+    let _ = kill(nix::unistd::Pid::from_raw(sup.id() as i32), Signal::SIGTERM);
+    if !wait_until(std::time::Duration::from_secs(120), || !sup.running()) {
+        let _ = sup.child.kill();
+    }
+    let (code, _, stderr) = sup.wait();
+    (code, stderr)
+}

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use chaarfm_shared::record::{JsonPath, Record};
 use chaarfm_tests::mock::{Mock, MockConfig};
-use chaarfm_tests::{binary, corpus_dir, make_clips, read_records, wait_until, Spawned, TempDir};
+use chaarfm_tests::{
+    binary, corpus_dir, make_clips, read_records, stop, wait_until, Spawned, TempDir,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -26,16 +28,6 @@ fn super_cmd(mock: &Mock, state: &Path, extra: &[&str]) -> Command {
 
 fn sigterm(pid: u32) {
     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-}
-
-/// SIGTERM, then the exit status and stderr.
-fn stop(mut sup: Spawned) -> (Option<i32>, String) {
-    sigterm(sup.id());
-    if !wait_until(Duration::from_secs(120), || !sup.running()) {
-        let _ = sup.child.kill();
-    }
-    let (code, _, stderr) = sup.wait();
-    (code, stderr)
 }
 
 /// A tmpfs of `size` at `dir` (we run as root here, as CI does); unmounted on drop.
@@ -478,27 +470,4 @@ fn inputs_that_cannot_work_are_refused_up_front() {
     );
     assert!(String::from_utf8_lossy(&r.stderr).contains("no-such-folder"));
     assert_eq!(read_records(&out_file).len(), 1);
-}
-
-#[test]
-fn a_url_without_a_worker_endpoint_is_not_called_a_bad_code() {
-    let mock = Mock::start(MockConfig::new(corpus_dir()));
-    let state = TempDir::new("badurl");
-    let out = Command::new(binary())
-        .args([
-            "--url",
-            &format!("{}/not-chaarfm", mock.base_url()),
-            "--code",
-            "TEST42",
-            "--workers",
-            "1",
-            "--state-dir",
-        ])
-        .arg(state.path())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("no ChaarFM worker endpoint"), "{err}");
-    assert!(!err.contains("pairing code"), "{err}");
 }

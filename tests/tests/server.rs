@@ -11,8 +11,8 @@ use std::time::Duration;
 use chaarfm_child::{embed_file, model, InferOptions, Musicnn};
 use chaarfm_tests::mock::{Mock, MockConfig};
 use chaarfm_tests::{
-    binary, corpus_dir, cosine, kill_random_child, make_clips, references, wait_until, Spawned,
-    TempDir,
+    binary, corpus_dir, cosine, kill_random_child, make_clips, references, stop, wait_until,
+    Spawned, TempDir,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -27,16 +27,6 @@ fn start_super(mock: &Mock, state: &Path, extra: &[&str], env: &[(&str, &str)]) 
         cmd.env(k, v);
     }
     Spawned::spawn(cmd)
-}
-
-/// SIGTERM, then the exit status and stderr.
-fn stop(mut sup: Spawned) -> (Option<i32>, String) {
-    let _ = kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM);
-    if !wait_until(Duration::from_secs(120), || !sup.running()) {
-        let _ = sup.child.kill();
-    }
-    let (code, _, stderr) = sup.wait();
-    (code, stderr)
 }
 
 fn status(v: &Value) -> &str {
@@ -229,16 +219,15 @@ fn bad_urls_fail_clearly_while_other_jobs_go_on() {
     assert!(left.is_empty(), "download directory not cleaned: {left:?}");
 }
 
-#[test]
-fn a_bad_pairing_code_is_reported_plainly() {
-    let mock = Mock::start(MockConfig::new(corpus_dir()));
-    let state = TempDir::new("badcode");
+/// Runs connect mode against `url` with `code`; it must exit 2 at once. Returns stderr.
+fn refused(url: &str, code: &str) -> String {
+    let state = TempDir::new("refused");
     let out = Command::new(binary())
         .args([
             "--url",
-            &mock.base_url(),
+            url,
             "--code",
-            "WRONG1",
+            code,
             "--workers",
             "1",
             "--state-dir",
@@ -246,13 +235,28 @@ fn a_bad_pairing_code_is_reported_plainly() {
         .arg(state.path())
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(2), "{err}");
+    err
+}
+
+#[test]
+fn a_bad_pairing_code_is_reported_plainly() {
+    let mock = Mock::start(MockConfig::new(corpus_dir()));
+    let err = refused(&mock.base_url(), "WRONG1");
     assert!(
         err.contains("refused pairing code") && err.contains("403"),
         "{err}"
     );
     assert!(!err.contains("WRONG1"), "the code was shown in full: {err}");
+}
+
+#[test]
+fn a_url_without_a_worker_endpoint_is_not_called_a_bad_code() {
+    let mock = Mock::start(MockConfig::new(corpus_dir()));
+    let err = refused(&format!("{}/not-chaarfm", mock.base_url()), "TEST42");
+    assert!(err.contains("no ChaarFM worker endpoint"), "{err}");
+    assert!(!err.contains("pairing code"), "{err}");
 }
 
 #[test]
