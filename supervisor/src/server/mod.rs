@@ -478,13 +478,17 @@ async fn lane(ctx: Arc<Ctx>, id: usize, mut cmds: mpsc::UnboundedReceiver<LaneCm
         if *draining.borrow() && ctx.busy(id) == 0 && ctx.pending_for(id).is_empty() {
             return;
         }
-        // Today's server: a connection is a request for a job; none while paused.
-        if !ctx.protocol2.load(Ordering::Relaxed) && ctx.busy(id) == 0 {
-            tokio::select! {
-                _ = intake.wait_for(|i| *i == Intake::Open) => {}
-                _ = draining.wait_for(|d| *d) => {}
+        // Today's server: a connection is a request for a job, so none while paused, even
+        // for a lane whose job is still running (its result waits for the resume, or a
+        // drain delivers it). Reconnecting then would only fetch jobs to hand back.
+        if !ctx.protocol2.load(Ordering::Relaxed) {
+            while ctx.paused() && !*draining.borrow() {
+                tokio::select! {
+                    _ = intake.changed() => {}
+                    _ = draining.changed() => {}
+                }
             }
-            if *draining.borrow() && ctx.pending_for(id).is_empty() {
+            if *draining.borrow() && ctx.busy(id) == 0 && ctx.pending_for(id).is_empty() {
                 return;
             }
         }

@@ -247,10 +247,15 @@ fn read_entry(p: &Path) -> Option<Entry> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Writes `entry` to `path` atomically; a failed write leaves no temporary file.
+/// Writes `entry` to `path` atomically; a failed write leaves no temporary file. The
+/// temporary name is unique per write: two results for one job id (a re-sent job that
+/// attached to the same work) may be written at once.
 fn write_entry(path: &Path, entry: &Entry) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("{n}.tmp"));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&serde_json::to_vec(entry).map_err(std::io::Error::other)?)?;
@@ -315,6 +320,28 @@ mod tests {
         assert!(dir.join("j1.json").exists());
         let names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
         assert_eq!(names.len(), 1, "stray files: {names:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_writes_of_one_job_id_both_succeed() {
+        let dir = std::env::temp_dir().join(format!("chaarfm-outbox-cc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ob = std::sync::Arc::new(Outbox::open(&dir).unwrap());
+        let writers: Vec<_> = (0..8)
+            .map(|lane| {
+                let ob = std::sync::Arc::clone(&ob);
+                std::thread::spawn(move || {
+                    (0..50).all(|_| ob.put(&entry("same-job", lane)).is_ok())
+                })
+            })
+            .collect();
+        for w in writers {
+            assert!(w.join().unwrap(), "a write failed");
+        }
+        assert_eq!(ob.pending().len(), 1);
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1, "{names:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
