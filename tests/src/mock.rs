@@ -104,14 +104,16 @@ pub struct Mock {
 impl Mock {
     /// Starts the mock on 127.0.0.1 (port 0: any free port).
     pub fn start(cfg: MockConfig) -> Mock {
+        Mock::try_start(cfg).expect("bind mock server")
+    }
+
+    /// Starts the mock, or says why its port could not be bound.
+    pub fn try_start(cfg: MockConfig) -> std::io::Result<Mock> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
-            .build()
-            .expect("mock runtime");
-        let listener = rt
-            .block_on(TcpListener::bind(("127.0.0.1", cfg.port)))
-            .expect("bind mock server");
+            .build()?;
+        let listener = rt.block_on(TcpListener::bind(("127.0.0.1", cfg.port)))?;
         let addr = listener.local_addr().expect("mock address");
         let state = Arc::new(Mutex::new(State::default()));
         let (st, cfg) = (Arc::clone(&state), Arc::new(cfg));
@@ -123,11 +125,11 @@ impl Mock {
                 tokio::spawn(handle(sock, Arc::clone(&st), Arc::clone(&cfg)));
             }
         });
-        Mock {
+        Ok(Mock {
             addr,
             state,
             rt: Some(rt),
-        }
+        })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -212,10 +214,12 @@ impl Mock {
         })
     }
 
-    /// Stops serving at once: every connection closes, nothing more is accepted.
+    /// Stops serving: every connection closes, nothing more is accepted. Waits (at most
+    /// 5 s) until the tasks holding the listener and the connections are dropped, so the
+    /// port is free when this returns.
     pub fn stop(&mut self) {
         if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
+            rt.shutdown_timeout(Duration::from_secs(5));
         }
     }
 }

@@ -317,7 +317,17 @@ fn results_in_a_frozen_servers_buffer_are_sent_again() {
     first.stop();
     let mut cfg = MockConfig::new(audio.path().to_path_buf());
     cfg.port = port;
-    let second = Mock::start(cfg);
+    // The same address again (another test's outgoing connection may hold the port as
+    // its local one for a moment).
+    let mut second = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            second = Mock::try_start(cfg.clone()).ok();
+            second.is_some()
+        }),
+        "port {port} never came free"
+    );
+    let second = second.unwrap();
     let missing: HashSet<String> = ids.difference(&before).cloned().collect();
     assert!(
         !missing.is_empty(),
