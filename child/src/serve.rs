@@ -115,8 +115,9 @@ pub fn run(args: ServeArgs) -> i32 {
         }
     });
 
+    let mut frames = ipc::FrameReader::default();
     loop {
-        let msg = match ipc::read_frame::<ToChild>(&mut &writer.stream) {
+        let msg = match frames.read::<ToChild>(&mut &writer.stream) {
             Ok(Some(m)) => m,
             Ok(None) => return 0,
             Err(e) => {

@@ -197,7 +197,7 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
 }
 
 /// Length of the frame body announced by a 4-byte prefix, checked against [`MAX_FRAME`].
-pub fn body_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
+fn body_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
     let len = u32::from_le_bytes(prefix) as usize;
     if len > MAX_FRAME {
         return Err(FrameError::TooLarge(len));
@@ -217,17 +217,66 @@ pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), Fram
     Ok(())
 }
 
-/// Reads one frame (blocking). `Ok(None)` on a clean end of stream.
-pub fn read_frame<T: for<'a> Deserialize<'a>>(r: &mut impl Read) -> Result<Option<T>, FrameError> {
-    let mut prefix = [0u8; 4];
-    match r.read_exact(&mut prefix) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+/// The one frame decoder, used by both sides: bytes go in as they arrive, whatever the
+/// reads' boundaries ([`FrameReader::feed`]); whole messages come out
+/// ([`FrameReader::take`]). The child reads blocking ([`FrameReader::read`]), the
+/// supervisor feeds it from async reads.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
     }
-    let mut body = vec![0u8; body_len(prefix)?];
-    r.read_exact(&mut body)?;
-    Ok(Some(decode(&body)?))
+
+    /// No partial frame buffered: an end of stream here is clean.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The next whole message fed, if any. An oversized length is an error as soon as
+    /// its prefix arrives, before any body is buffered.
+    pub fn take<T: for<'a> Deserialize<'a>>(&mut self) -> Result<Option<T>, FrameError> {
+        let Some(prefix) = self.buf.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let end = 4 + body_len(*prefix)?;
+        if self.buf.len() < end {
+            return Ok(None);
+        }
+        let msg = decode(&self.buf[4..end]);
+        self.buf.drain(..end);
+        msg.map(Some)
+    }
+
+    /// Blocking: reads from `r` until a message is whole. `Ok(None)` on a clean end of
+    /// stream; an end mid-frame is an error.
+    pub fn read<T: for<'a> Deserialize<'a>>(
+        &mut self,
+        r: &mut impl Read,
+    ) -> Result<Option<T>, FrameError> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(msg) = self.take()? {
+                return Ok(Some(msg));
+            }
+            let n = match r.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if n == 0 {
+                return if self.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+                };
+            }
+            self.feed(&chunk[..n]);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -266,16 +315,43 @@ mod tests {
         });
         let mut jbuf = Vec::new();
         write_frame(&mut jbuf, &job).unwrap();
-        assert_eq!(read_frame::<ToChild>(&mut &jbuf[..]).unwrap(), Some(job));
+        let got = FrameReader::default().read::<ToChild>(&mut &jbuf[..]);
+        assert_eq!(got.unwrap(), Some(job));
         let mut buf = Vec::new();
         for m in &msgs {
             write_frame(&mut buf, m).unwrap();
         }
-        let mut r = &buf[..];
+        // Blocking reads that return several frames at once.
+        let (mut r, mut frames) = (&buf[..], FrameReader::default());
         for m in &msgs {
-            assert_eq!(read_frame::<FromChild>(&mut r).unwrap().as_ref(), Some(m));
+            assert_eq!(frames.read::<FromChild>(&mut r).unwrap().as_ref(), Some(m));
         }
-        assert_eq!(read_frame::<FromChild>(&mut r).unwrap(), None);
+        assert_eq!(frames.read::<FromChild>(&mut r).unwrap(), None);
+        // Bytes fed one at a time, as a slow socket may deliver them.
+        let mut frames = FrameReader::default();
+        let mut got = Vec::new();
+        for b in &buf {
+            frames.feed(std::slice::from_ref(b));
+            while let Some(m) = frames.take::<FromChild>().unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, msgs);
+        assert!(frames.is_empty());
+    }
+
+    #[test]
+    fn a_stream_cut_mid_frame_is_an_error() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &FromChild::Heartbeat).unwrap();
+        write_frame(&mut buf, &FromChild::Heartbeat).unwrap();
+        buf.pop();
+        let (mut r, mut frames) = (&buf[..], FrameReader::default());
+        assert!(frames.read::<FromChild>(&mut r).unwrap().is_some());
+        assert!(matches!(
+            frames.read::<FromChild>(&mut r),
+            Err(FrameError::Io(_))
+        ));
     }
 
     #[cfg(unix)]
@@ -292,13 +368,16 @@ mod tests {
     fn oversized_and_garbage_frames_are_errors() {
         let mut big = Vec::new();
         big.extend_from_slice(&(MAX_FRAME as u32 + 1).to_le_bytes());
+        // Refused from the prefix alone: no body is waited for.
+        let mut frames = FrameReader::default();
+        frames.feed(&big);
         assert!(matches!(
-            read_frame::<ToChild>(&mut &big[..]),
+            frames.take::<ToChild>(),
             Err(FrameError::TooLarge(_))
         ));
         let garbage = [3u8, 0, 0, 0, 0xff, 0xff, 0xff];
         assert!(matches!(
-            read_frame::<ToChild>(&mut &garbage[..]),
+            FrameReader::default().read::<ToChild>(&mut &garbage[..]),
             Err(FrameError::Decode(_))
         ));
     }

@@ -248,7 +248,11 @@ pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result
     if needs_newline {
         out.write_all(b"\n")?;
     }
+    let out = Appender::start(out);
     if todo.is_empty() {
+        out.finish()
+            .await
+            .with_context(|| format!("writing {}", args.out.display()))?;
         crate::logging::print(&format!(
             "ingest: nothing to do ({skipped} file(s) already in {})\n",
             args.out.display()
@@ -282,9 +286,7 @@ pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result
         };
         let mut line = serde_json::to_vec(&record)?;
         line.push(b'\n');
-        out.write_all(&line)
-            .and_then(|_| out.flush())
-            .with_context(|| format!("writing {}", args.out.display()))?;
+        anyhow::ensure!(out.append(line), "cannot write {}", args.out.display());
         progress.update(
             ok + failed,
             total,
@@ -299,6 +301,9 @@ pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result
     progress.finish();
     pool.shutdown().await;
     let _ = task.await;
+    out.finish()
+        .await
+        .with_context(|| format!("writing {}", args.out.display()))?;
     let collected = collected?;
     let wall = started.elapsed().as_secs_f64();
     crate::logging::print(&format!(
@@ -315,6 +320,39 @@ pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result
         anyhow::bail!("{stop} ({} file(s) left for the next run)", collected.left);
     }
     Ok(Outcome::Ok)
+}
+
+/// Appends result lines on a blocking thread: a slow or stuck disk never stalls the
+/// event loop (and with it the pool's heartbeats). Lines are flushed one by one, so a
+/// crash loses at most the lines in flight, which the next run redoes.
+struct Appender {
+    lines: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Appender {
+    fn start(mut file: std::fs::File) -> Self {
+        let (lines, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let task = tokio::task::spawn_blocking(move || {
+            while let Some(line) = rx.blocking_recv() {
+                file.write_all(&line)?;
+                file.flush()?;
+            }
+            Ok(())
+        });
+        Appender { lines, task }
+    }
+
+    /// Queues one line; false once writing has failed ([`Appender::finish`] says why).
+    fn append(&self, line: Vec<u8>) -> bool {
+        self.lines.send(line).is_ok()
+    }
+
+    /// Writes what is queued; the first write error, if any.
+    async fn finish(self) -> std::io::Result<()> {
+        drop(self.lines);
+        self.task.await.map_err(std::io::Error::other)?
+    }
 }
 
 #[cfg(test)]

@@ -356,26 +356,24 @@ const RELAY_BURST: u32 = 20;
 
 async fn read_frames(conn: std::sync::Arc<Stream>, tag: Tag, events: mpsc::UnboundedSender<Event>) {
     let mut recv = &*conn;
+    let mut frames = ipc::FrameReader::default();
+    let mut chunk = vec![0u8; 4096];
     let why = loop {
-        let mut prefix = [0u8; 4];
-        if let Err(e) = recv.read_exact(&mut prefix).await {
-            break format!("socket closed ({e})");
-        }
-        let len = match ipc::body_len(prefix) {
-            Ok(n) => n,
-            Err(e) => break e.to_string(),
-        };
-        let mut body = vec![0u8; len];
-        if let Err(e) = recv.read_exact(&mut body).await {
-            break format!("socket closed mid-frame ({e})");
-        }
-        match ipc::decode::<FromChild>(&body) {
-            Ok(msg) => {
+        match frames.take::<FromChild>() {
+            Ok(Some(msg)) => {
                 if events.send(Event::Frame(tag, msg)).is_err() {
                     return;
                 }
+                continue;
             }
+            Ok(None) => {}
             Err(e) => break e.to_string(),
+        }
+        match recv.read(&mut chunk).await {
+            Ok(0) if frames.is_empty() => break "socket closed".to_string(),
+            Ok(0) => break "socket closed mid-frame".to_string(),
+            Ok(n) => frames.feed(&chunk[..n]),
+            Err(e) => break format!("socket closed ({e})"),
         }
     };
     let _ = events.send(Event::Eof(tag, why));

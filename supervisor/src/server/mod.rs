@@ -17,26 +17,26 @@
 //!   `release`d (protocol 2). A disk fault pauses intake until a probe succeeds.
 
 pub mod download;
+pub mod hub;
 pub mod outbox;
 pub mod work;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chaarfm_shared::server::{parse_server, Incoming, WorkerMsg, PROTOCOL};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::pool::Pool;
 use crate::signals::Signals;
 use crate::Outcome;
+use hub::{Hub, LaneHandle, LaneView};
 use outbox::{Entry, Outbox};
-use work::{LocalFault, LocalKind};
 
 /// How long to wait for a `welcome` before assuming today's one-job-per-connection server.
 const WELCOME_WAIT: Duration = Duration::from_secs(3);
@@ -132,33 +132,11 @@ pub enum LaneCmd {
     HandBack { job_id: String, reason: String },
 }
 
-/// Counts a job as held by a lane until dropped (a panicking job task included), so a
-/// drain can never wait forever on a count nothing will decrement.
-pub struct BusyGuard {
-    ctx: Arc<Ctx>,
-    lane: usize,
-}
-
-impl BusyGuard {
-    fn new(ctx: &Arc<Ctx>, lane: usize) -> Self {
-        ctx.set_busy(lane, 1);
-        BusyGuard {
-            ctx: Arc::clone(ctx),
-            lane,
-        }
-    }
-}
-
-impl Drop for BusyGuard {
-    fn drop(&mut self) {
-        self.ctx.set_busy(self.lane, -1);
-    }
-}
-
-/// What the lanes share.
+/// What the lanes, the hub and the job tasks share: settings and published state
+/// (`watch`es). What changes per job is the hub's alone (`server::hub`).
 pub struct Ctx {
     pub pool: Pool,
-    pub outbox: Outbox,
+    pub outbox: Arc<Outbox>,
     pub limits: download::Limits,
     pub ytdlp: Option<PathBuf>,
     pub tmp: PathBuf,
@@ -167,98 +145,37 @@ pub struct Ctx {
     /// The pairing code as logs and errors may show it.
     masked_code: String,
     base: String,
-    protocol2: AtomicBool,
-    lanes: Mutex<Vec<mpsc::UnboundedSender<LaneCmd>>>,
-    pub work: work::Work,
-    /// Jobs accepted and not yet settled, per lane.
-    busy: Mutex<Vec<usize>>,
     draining: watch::Sender<bool>,
-    intake: watch::Sender<Intake>,
+    intake: Arc<watch::Sender<Intake>>,
+    /// `Some(slots)` once a server said `welcome`: protocol 2.
     welcome: watch::Sender<Option<usize>>,
     connected: watch::Sender<bool>,
     fatal: watch::Sender<Option<String>>,
-    pub jobs_done: AtomicUsize,
-    handed_back: AtomicUsize,
     /// Children + 1: the next download overlaps inference.
     slots: usize,
 }
 
 impl Ctx {
-    fn lane_count(&self) -> usize {
-        self.lanes.lock().map(|l| l.len()).unwrap_or(1)
-    }
-
-    fn send_lane(&self, lane: usize, cmd: LaneCmd) {
-        let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        let lane = if lane < lanes.len() { lane } else { 0 };
-        if let Some(tx) = lanes.get(lane) {
-            let _ = tx.send(cmd);
-        }
-    }
-
-    /// Hands a stored result to the lane that got the job (or lane 0 if that lane does
-    /// not exist in this run).
-    pub fn deliver(&self, entry: Entry) {
-        self.send_lane(entry.lane, LaneCmd::Result(entry));
-    }
-
-    /// Gives a job back to the server: a fault of this machine, not the track's.
-    pub fn hand_back(&self, lane: usize, job_id: &str, fault: &LocalFault) {
-        if fault.kind == LocalKind::Disk {
-            self.pause(fault.message.clone());
-        }
-        self.handed_back.fetch_add(1, Ordering::Relaxed);
-        self.send_lane(
-            lane,
-            LaneCmd::HandBack {
-                job_id: job_id.to_string(),
-                reason: fault.message.clone(),
-            },
-        );
-    }
-
-    /// Stops intake for a local fault; logged once per change of state.
-    pub fn pause(&self, reason: String) {
-        self.intake.send_if_modified(|i| {
-            if *i == Intake::Open {
-                tracing::error!(%reason, "pausing: no new jobs until the state dir can be written again (jobs are handed back to the server, not failed)");
-                *i = Intake::Paused(reason);
-                true
-            } else {
-                false
-            }
-        });
-    }
-
     fn paused(&self) -> bool {
         *self.intake.borrow() != Intake::Open
     }
 
-    fn set_busy(&self, lane: usize, delta: isize) {
-        let mut b = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if b.len() <= lane {
-            b.resize(lane + 1, 0);
+    fn protocol2(&self) -> bool {
+        self.welcome.borrow().is_some()
+    }
+}
+
+/// Stops intake for a local fault; logged once per change of state.
+pub fn pause(intake: &watch::Sender<Intake>, reason: String) {
+    intake.send_if_modified(|i| {
+        if *i == Intake::Open {
+            tracing::error!(%reason, "pausing: no new jobs until the state dir can be written again (jobs are handed back to the server, not failed)");
+            *i = Intake::Paused(reason);
+            true
+        } else {
+            false
         }
-        b[lane] = (b[lane] as isize + delta).max(0) as usize;
-    }
-
-    fn busy(&self, lane: usize) -> usize {
-        self.busy
-            .lock()
-            .map(|b| b.get(lane).copied().unwrap_or(0))
-            .unwrap_or(0)
-    }
-
-    /// Results for `lane` held in the outbox (lane 0 takes those of lanes that do not
-    /// exist in this run).
-    fn pending_for(&self, lane: usize) -> Vec<Entry> {
-        let n = self.lane_count();
-        self.outbox
-            .pending()
-            .into_iter()
-            .filter(|e| e.lane == lane || (lane == 0 && e.lane >= n))
-            .collect()
-    }
+    });
 }
 
 /// Writes and removes a probe file in `dir`: whether downloads can be stored again.
@@ -335,7 +252,7 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<O
     }
     let ctx = Arc::new(Ctx {
         pool,
-        outbox,
+        outbox: Arc::new(outbox),
         limits: download::Limits::from_env(),
         ytdlp,
         tmp: private_tmp(&opts.state_dir).context("creating the download directory")?,
@@ -343,23 +260,22 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<O
         masked_url,
         masked_code: mask(&opts.code),
         base: opts.base.trim_end_matches('/').to_string(),
-        protocol2: AtomicBool::new(false),
-        lanes: Mutex::new(Vec::new()),
-        work: work::Work::default(),
-        busy: Mutex::new(Vec::new()),
         draining: watch::channel(false).0,
-        intake: watch::channel(Intake::Open).0,
+        intake: Arc::new(watch::channel(Intake::Open).0),
         welcome: watch::channel(None).0,
         connected: watch::channel(false).0,
         fatal: watch::channel(None).0,
-        jobs_done: AtomicUsize::new(0),
-        handed_back: AtomicUsize::new(0),
         slots: children + 1,
     });
     let slots = ctx.slots;
+    let runner: hub::Runner = {
+        let ctx = Arc::clone(&ctx);
+        Arc::new(move |job| Box::pin(work::run(Arc::clone(&ctx), job)))
+    };
+    let (hub, hub_task) = Hub::start(Arc::clone(&ctx.outbox), Arc::clone(&ctx.intake), runner);
     tracing::info!(url = %ctx.masked_url, slots, "connecting to ChaarFM");
     let mut lanes = tokio::task::JoinSet::new();
-    spawn_lane(&ctx, &mut lanes);
+    spawn_lane(&ctx, &hub, &mut lanes).await;
     let keep = tokio::spawn(keepalive(Arc::clone(&ctx)));
     let rec = tokio::spawn(recover(Arc::clone(&ctx)));
 
@@ -386,7 +302,7 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<O
                     None if opts.lanes => {
                         tracing::info!("no welcome: today's server, one job per connection; opening {} more connection(s)", slots - 1);
                         for _ in 1..slots {
-                            spawn_lane(&ctx, &mut lanes);
+                            spawn_lane(&ctx, &hub, &mut lanes).await;
                         }
                     }
                     None => tracing::info!("no welcome and --lanes off: one connection, one job at a time"),
@@ -423,6 +339,8 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<O
     while lanes.join_next().await.is_some() {}
     keep.abort();
     rec.abort();
+    let summary = hub.summary().await;
+    hub_task.abort();
     let held = ctx.outbox.len();
     let unsaved = ctx.outbox.unsaved();
     if unsaved > 0 {
@@ -438,8 +356,7 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<O
     let lost = ctx.outbox.rescue(&fallback);
     crate::logging::print(&format!(
         "chaarfm-super: stopped after {} job(s), {} handed back; {held} result(s) kept in the outbox (sent again at the next start; with today's server the last result of each connection stays until then, as the server gives no receipt)\n",
-        ctx.jobs_done.load(Ordering::Relaxed),
-        ctx.handed_back.load(Ordering::Relaxed),
+        summary.jobs_done, summary.handed_back,
     ));
     ctx.pool.shutdown().await;
     if let Some(msg) = stopped {
@@ -452,14 +369,10 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<O
     })
 }
 
-fn spawn_lane(ctx: &Arc<Ctx>, set: &mut tokio::task::JoinSet<()>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let id = {
-        let mut lanes = ctx.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        lanes.push(tx);
-        lanes.len() - 1
-    };
-    set.spawn(lane(Arc::clone(ctx), id, rx));
+async fn spawn_lane(ctx: &Arc<Ctx>, hub: &Hub, set: &mut tokio::task::JoinSet<()>) {
+    if let Some(handle) = hub.add_lane().await {
+        set.spawn(lane(Arc::clone(ctx), hub.clone(), handle));
+    }
 }
 
 enum Ended {
@@ -470,25 +383,30 @@ enum Ended {
 }
 
 /// One connection, reconnected after any loss until the drain is complete.
-async fn lane(ctx: Arc<Ctx>, id: usize, mut cmds: mpsc::UnboundedReceiver<LaneCmd>) {
+async fn lane(ctx: Arc<Ctx>, hub: Hub, mut me: LaneHandle) {
+    let id = me.id;
     let mut backoff = Backoff::default();
     let mut draining = ctx.draining.subscribe();
     let mut intake = ctx.intake.subscribe();
+    let settled = |v: &watch::Receiver<LaneView>| {
+        let v = v.borrow();
+        v.busy == 0 && v.pending.is_empty()
+    };
     loop {
-        if *draining.borrow() && ctx.busy(id) == 0 && ctx.pending_for(id).is_empty() {
+        if *draining.borrow() && settled(&me.view) {
             return;
         }
         // Today's server: a connection is a request for a job, so none while paused, even
         // for a lane whose job is still running (its result waits for the resume, or a
         // drain delivers it). Reconnecting then would only fetch jobs to hand back.
-        if !ctx.protocol2.load(Ordering::Relaxed) {
+        if !ctx.protocol2() {
             while ctx.paused() && !*draining.borrow() {
                 tokio::select! {
                     _ = intake.changed() => {}
                     _ = draining.changed() => {}
                 }
             }
-            if *draining.borrow() && ctx.busy(id) == 0 && ctx.pending_for(id).is_empty() {
+            if *draining.borrow() && settled(&me.view) {
                 return;
             }
         }
@@ -520,7 +438,7 @@ async fn lane(ctx: Arc<Ctx>, id: usize, mut cmds: mpsc::UnboundedReceiver<LaneCm
             Ok(Err(e)) => {
                 tracing::warn!(lane = id, error = %e, "cannot connect");
                 let d = backoff.next_delay();
-                if wait_or_drain(&mut draining, d).await && ctx.busy(id) == 0 {
+                if wait_or_drain(&mut draining, d).await && me.view.borrow().busy == 0 {
                     return;
                 }
                 continue;
@@ -528,14 +446,14 @@ async fn lane(ctx: Arc<Ctx>, id: usize, mut cmds: mpsc::UnboundedReceiver<LaneCm
             Err(_) => {
                 tracing::warn!(lane = id, "connecting timed out");
                 let d = backoff.next_delay();
-                if wait_or_drain(&mut draining, d).await && ctx.busy(id) == 0 {
+                if wait_or_drain(&mut draining, d).await && me.view.borrow().busy == 0 {
                     return;
                 }
                 continue;
             }
         };
         let since = Instant::now();
-        match serve_connection(&ctx, id, ws, &mut cmds, &mut draining).await {
+        match serve_connection(&ctx, &hub, &mut me, ws, &mut draining).await {
             Ended::Drained => return,
             Ended::HandedBack => {
                 tracing::debug!(lane = id, "connection closed to hand a job back");
@@ -565,15 +483,16 @@ type Ws =
 
 async fn serve_connection(
     ctx: &Arc<Ctx>,
-    id: usize,
+    hub: &Hub,
+    me: &mut LaneHandle,
     ws: Ws,
-    cmds: &mut mpsc::UnboundedReceiver<LaneCmd>,
     draining: &mut watch::Receiver<bool>,
 ) -> Ended {
+    let id = me.id;
     let (mut sink, mut stream) = ws.split();
     let _ = ctx.connected.send(true);
     tracing::info!(lane = id, "connected");
-    let p2 = || ctx.protocol2.load(Ordering::Relaxed);
+    let p2 = || ctx.protocol2();
     if id == 0 {
         let hello = WorkerMsg::Hello {
             agent: concat!("chaarfm-super/", env!("CARGO_PKG_VERSION")).into(),
@@ -589,7 +508,7 @@ async fn serve_connection(
     // Today's server: results sent on this connection and not yet proven processed (the
     // next job on this connection proves them).
     let mut unproven: Vec<String> = Vec::new();
-    for e in ctx.pending_for(id) {
+    for e in hub.connected(id).await {
         if let Err(err) = send_json(&mut sink, &e.msg).await {
             return Ended::Lost(err);
         }
@@ -606,11 +525,15 @@ async fn serve_connection(
     let mut proof_deadline: Option<tokio::time::Instant> = None;
     loop {
         let paused = ctx.paused();
-        let unsent = ctx
-            .pending_for(id)
-            .iter()
-            .any(|e| !sent.contains(&e.job_id));
-        if !p2() && ctx.busy(id) == 0 && !unsent {
+        let (busy, unsent, held) = {
+            let v = me.view.borrow();
+            (
+                v.busy,
+                v.pending.iter().any(|j| !sent.contains(j)),
+                !v.pending.is_empty(),
+            )
+        };
+        if !p2() && busy == 0 && !unsent {
             if *draining.borrow() {
                 // Wait a little for the next job, which proves the last result arrived.
                 if unproven.is_empty()
@@ -627,7 +550,7 @@ async fn serve_connection(
             }
         }
         if p2() {
-            if *draining.borrow() && ctx.busy(id) == 0 && ctx.pending_for(id).is_empty() {
+            if *draining.borrow() && busy == 0 && !held {
                 let _ = sink.send(Message::Close(None)).await;
                 return Ended::Drained;
             }
@@ -666,20 +589,15 @@ async fn serve_connection(
                         }
                     }
                     Incoming::Welcome { protocol, slots } if protocol >= PROTOCOL => {
-                        ctx.protocol2.store(true, Ordering::Relaxed);
-                        for j in unproven.drain(..) {
-                            ctx.outbox.remove(&j);
-                        }
+                        hub.processed(std::mem::take(&mut unproven));
                         let _ = ctx.welcome.send(Some(slots));
                     }
                     Incoming::Welcome { protocol, .. } => tracing::warn!(protocol, "welcome for an unknown protocol; ignored"),
-                    Incoming::Ack { job_id } => ctx.outbox.remove(&job_id),
+                    Incoming::Ack { job_id } => hub.processed(vec![job_id]),
                     Incoming::Job(job) => {
                         // Today's server sends the next job only once it has handled
                         // the last result on this connection.
-                        for j in unproven.drain(..) {
-                            ctx.outbox.remove(&j);
-                        }
+                        hub.processed(std::mem::take(&mut unproven));
                         if *draining.borrow() || ctx.paused() {
                             let why = if ctx.paused() { "paused" } else { "draining" };
                             tracing::info!(lane = id, job = %job.job_id, "{why}: job left for later");
@@ -698,8 +616,7 @@ async fn serve_connection(
                             }
                             continue;
                         }
-                        let guard = BusyGuard::new(ctx, id);
-                        tokio::spawn(work::run(Arc::clone(ctx), id, job, guard));
+                        hub.job(id, job).await;
                     }
                     Incoming::Ignored(why) => {
                         let shown: String = why.chars().take(200).collect();
@@ -707,7 +624,7 @@ async fn serve_connection(
                     }
                 }
             }
-            Some(cmd) = cmds.recv() => match cmd {
+            Some(cmd) = me.cmds.recv() => match cmd {
                 LaneCmd::Result(entry) => {
                     if sent.contains(&entry.job_id) {
                         continue;
@@ -742,6 +659,7 @@ async fn serve_connection(
                 }
             }
             _ = proof_wait => {}
+            Ok(()) = me.view.changed() => {}
             _ = draining.changed() => {}
             _ = intake.changed() => {}
         }

@@ -112,6 +112,16 @@ impl Outbox {
         v.into_iter().map(|h| h.entry.clone()).collect()
     }
 
+    /// Job id and lane of every held result, oldest first (what a lane must still send).
+    pub fn pending_ids(&self) -> Vec<(String, usize)> {
+        let g = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<&Held> = g.1.values().collect();
+        v.sort_by_key(|h| h.seq);
+        v.into_iter()
+            .map(|h| (h.entry.job_id.clone(), h.entry.lane))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.held.lock().map(|g| g.1.len()).unwrap_or(0)
     }

@@ -1,23 +1,13 @@
 //! One server job, start to finish: download, embed in the pool, shape the result like the
-//! Python worker's, store it in the outbox, hand it to the lane.
-//!
-//! A job whose key (`youtube_url`, else `artist::title`) is already being worked on attaches
-//! to that work: the server re-sends a job after a lost connection, and computing it twice
-//! would waste a slot.
+//! Python worker's. The hub stores it and hands it to the lane (`server::hub`).
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use chaarfm_shared::server::{
-    DownloadJob, GenreJob, JobKind, JobResult, Outcome, ServerJob, TrackData, WorkerMsg,
-};
+use chaarfm_shared::server::{DownloadJob, GenreJob, JobKind, Outcome, ServerJob, TrackData};
 use serde_json::{json, Value};
-use tokio::sync::watch;
 
 use super::download::{self, DownloadError, Downloaded};
-use super::outbox::Entry;
-use super::{BusyGuard, Ctx};
+use super::Ctx;
 
 /// Why a job was not done: the track's fault (reported failed) or this machine's
 /// (handed back to the server, never reported failed).
@@ -52,115 +42,15 @@ impl Fail {
     }
 }
 
-/// What a job ended with.
-type End = Result<Outcome, LocalFault>;
+/// What a job ended with: an outcome to report, or a fault of this machine.
+pub type End = Result<Outcome, LocalFault>;
 
-/// Work in progress by job key.
-#[derive(Default)]
-pub struct Work {
-    in_progress: Mutex<HashMap<String, watch::Receiver<Option<End>>>>,
-}
-
-/// Removes a key from the work in progress when its job ends, a panic included.
-struct KeyGuard<'a> {
-    work: &'a Work,
-    key: String,
-}
-
-impl Drop for KeyGuard<'_> {
-    fn drop(&mut self) {
-        self.work
-            .in_progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key);
-    }
-}
-
-/// Runs `job` received on `lane` and delivers its result, or hands it back. `busy` is
-/// the lane's count of jobs held; it drops (panics included) when the job is settled.
-pub async fn run(ctx: Arc<Ctx>, lane: usize, job: ServerJob, busy: BusyGuard) {
-    let key = job.key();
-    let existing = {
-        let mut map = ctx
-            .work
-            .in_progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match map.get(&key) {
-            Some(rx) => Err(rx.clone()),
-            None => {
-                let (tx, rx) = watch::channel(None);
-                map.insert(key.clone(), rx);
-                Ok(tx)
-            }
-        }
-    };
-    let end: End = match existing {
-        Err(mut rx) => {
-            tracing::info!(job = %job.job_id, key = %key, "same key already in progress; attaching to it");
-            match rx.wait_for(|o| o.is_some()).await {
-                Ok(o) => o.clone().unwrap_or_else(|| Err(abandoned())),
-                Err(_) => Err(abandoned()),
-            }
-        }
-        Ok(tx) => {
-            let _key = KeyGuard {
-                work: &ctx.work,
-                key: key.clone(),
-            };
-            let end = match execute(&ctx, &job).await {
-                Ok(data) => Ok(Outcome::Success { data }),
-                Err(Fail::Track(error)) => Ok(Outcome::Failed { error }),
-                Err(Fail::Local(l)) => Err(l),
-            };
-            let _ = tx.send(Some(end.clone()));
-            end
-        }
-    };
-    let outcome = match end {
-        Ok(o) => o,
-        Err(fault) => {
-            tracing::warn!(job = %job.job_id, reason = %fault.message, "job handed back to the server (a fault of this machine, not the track's)");
-            ctx.hand_back(lane, &job.job_id, &fault);
-            drop(busy);
-            return;
-        }
-    };
-    if let Outcome::Failed { error } = &outcome {
-        tracing::warn!(job = %job.job_id, %error, "job failed");
-    } else {
-        tracing::info!(job = %job.job_id, "job done");
-    }
-    let entry = Entry {
-        job_id: job.job_id.clone(),
-        lane,
-        msg: WorkerMsg::Result(JobResult {
-            job_id: job.job_id.clone(),
-            outcome,
-        }),
-    };
-    let ob = Arc::clone(&ctx);
-    let stored = {
-        let entry = entry.clone();
-        tokio::task::spawn_blocking(move || ob.outbox.put(&entry)).await
-    };
-    match stored {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => ctx.pause(format!(
-            "cannot write the outbox in the state dir: {e}; results are kept in memory until it works again"
-        )),
-        Err(e) => tracing::error!(error = %e, "outbox task failed"),
-    }
-    ctx.jobs_done.fetch_add(1, Ordering::Relaxed);
-    drop(busy);
-    ctx.deliver(entry);
-}
-
-fn abandoned() -> LocalFault {
-    LocalFault {
-        kind: LocalKind::Pool,
-        message: "the job it attached to was abandoned".into(),
+/// Runs `job` to its end (the hub's [`super::hub::Runner`] in production).
+pub async fn run(ctx: Arc<Ctx>, job: ServerJob) -> End {
+    match execute(&ctx, &job).await {
+        Ok(data) => Ok(Outcome::Success { data }),
+        Err(Fail::Track(error)) => Ok(Outcome::Failed { error }),
+        Err(Fail::Local(l)) => Err(l),
     }
 }
 

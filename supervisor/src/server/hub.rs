@@ -1,0 +1,546 @@
+//! The dispatcher (`server::hub`): one task owns the server side's state - the lanes,
+//! each lane's count of jobs held, the job keys in progress, and every change to the
+//! outbox. Lanes (connections) and job tasks only send it events; it never awaits them,
+//! so no lock is shared and no order of locks can deadlock.
+//!
+//! Each lane sees its part through a `watch` ([`LaneView`]: jobs held, results to send),
+//! and receives results and hand-backs as [`LaneCmd`]s. A job task reports its end
+//! through a guard, so a panicking job is handed back instead of held forever.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chaarfm_shared::server::{JobResult, Outcome, ServerJob, WorkerMsg};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::outbox::{Entry, Outbox};
+use super::work::{End, LocalFault, LocalKind};
+use super::{pause, Intake, LaneCmd};
+
+/// Runs one job to its end (the real one downloads and embeds: `work::run`).
+pub type Runner = Arc<dyn Fn(ServerJob) -> Pin<Box<dyn Future<Output = End> + Send>> + Send + Sync>;
+
+/// What one lane needs to know to decide whether it may close.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LaneView {
+    /// Jobs taken on this lane and not yet settled (result stored or handed back).
+    pub busy: usize,
+    /// Results for this lane held in the outbox, oldest first.
+    pub pending: Vec<String>,
+}
+
+/// A lane as the hub hands it out.
+pub struct LaneHandle {
+    pub id: usize,
+    pub cmds: mpsc::UnboundedReceiver<LaneCmd>,
+    pub view: watch::Receiver<LaneView>,
+}
+
+/// Counts for the closing summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Summary {
+    pub jobs_done: usize,
+    pub handed_back: usize,
+}
+
+enum Event {
+    AddLane(oneshot::Sender<LaneHandle>),
+    /// A lane (re)connected: the results it must send first.
+    Connected(usize, oneshot::Sender<Vec<Entry>>),
+    /// A lane took a job; answered once the job is counted as held.
+    Job(usize, ServerJob, oneshot::Sender<()>),
+    Settled(String, End),
+    Stored(Vec<Entry>, Option<String>),
+    /// The server has shown these results processed.
+    Processed(Vec<String>),
+    Removed,
+    Summary(oneshot::Sender<Summary>),
+}
+
+/// The hub's address. Every request is answered by the hub's own loop, which awaits
+/// nothing but its events, so these calls cannot hang while it runs.
+#[derive(Clone)]
+pub struct Hub(mpsc::UnboundedSender<Event>);
+
+impl Hub {
+    /// Starts the hub's task.
+    pub fn start(
+        outbox: Arc<Outbox>,
+        intake: Arc<watch::Sender<Intake>>,
+        runner: Runner,
+    ) -> (Hub, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = State {
+            outbox,
+            intake,
+            runner,
+            events: tx.clone(),
+            lanes: Vec::new(),
+            in_progress: HashMap::new(),
+            summary: Summary::default(),
+        };
+        (Hub(tx), tokio::spawn(state.run(rx)))
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Event) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.0.send(make(tx)).ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn add_lane(&self) -> Option<LaneHandle> {
+        self.ask(Event::AddLane).await
+    }
+
+    pub async fn connected(&self, lane: usize) -> Vec<Entry> {
+        self.ask(|r| Event::Connected(lane, r))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Hands a job taken on `lane` to the hub; returns once it counts as held.
+    pub async fn job(&self, lane: usize, job: ServerJob) {
+        let _ = self.ask(|r| Event::Job(lane, job, r)).await;
+    }
+
+    pub fn processed(&self, ids: Vec<String>) {
+        if !ids.is_empty() {
+            let _ = self.0.send(Event::Processed(ids));
+        }
+    }
+
+    pub async fn summary(&self) -> Summary {
+        self.ask(Event::Summary).await.unwrap_or_default()
+    }
+}
+
+/// Who waits for a job key's end: every (lane, job id) that asked for it.
+type Waiters = Vec<(usize, String)>;
+
+struct State {
+    outbox: Arc<Outbox>,
+    intake: Arc<watch::Sender<Intake>>,
+    runner: Runner,
+    events: mpsc::UnboundedSender<Event>,
+    lanes: Vec<Lane>,
+    in_progress: HashMap<String, Waiters>,
+    summary: Summary,
+}
+
+struct Lane {
+    cmds: mpsc::UnboundedSender<LaneCmd>,
+    view: watch::Sender<LaneView>,
+    busy: usize,
+}
+
+impl State {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
+        while let Some(ev) = rx.recv().await {
+            self.handle(ev);
+            self.publish();
+        }
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::AddLane(reply) => {
+                let (cmds, cmds_rx) = mpsc::unbounded_channel();
+                let (view, view_rx) = watch::channel(LaneView::default());
+                self.lanes.push(Lane {
+                    cmds,
+                    view,
+                    busy: 0,
+                });
+                let _ = reply.send(LaneHandle {
+                    id: self.lanes.len() - 1,
+                    cmds: cmds_rx,
+                    view: view_rx,
+                });
+            }
+            Event::Connected(lane, reply) => {
+                let n = self.lanes.len();
+                let mine = self
+                    .outbox
+                    .pending()
+                    .into_iter()
+                    .filter(|e| owner(e.lane, n) == lane)
+                    .collect();
+                let _ = reply.send(mine);
+            }
+            Event::Job(lane, job, taken) => {
+                let lane = owner(lane, self.lanes.len());
+                if let Some(l) = self.lanes.get_mut(lane) {
+                    l.busy += 1;
+                }
+                self.start(lane, job);
+                let _ = taken.send(());
+            }
+            Event::Settled(key, end) => {
+                let waiters = self.in_progress.remove(&key).unwrap_or_default();
+                match end {
+                    Ok(outcome) => self.store(outcome, waiters),
+                    Err(fault) => {
+                        for (lane, job_id) in waiters {
+                            self.hand_back(lane, job_id, &fault);
+                        }
+                    }
+                }
+            }
+            Event::Stored(entries, error) => {
+                if let Some(e) = error {
+                    pause(
+                        &self.intake,
+                        format!("cannot write the outbox in the state dir: {e}; results are kept in memory until it works again"),
+                    );
+                }
+                for entry in entries {
+                    self.summary.jobs_done += 1;
+                    self.release(entry.lane);
+                    self.send(entry.lane, LaneCmd::Result(entry));
+                }
+            }
+            Event::Processed(ids) => {
+                let (ob, events) = (Arc::clone(&self.outbox), self.events.clone());
+                tokio::task::spawn_blocking(move || {
+                    for id in ids {
+                        ob.remove(&id);
+                    }
+                    let _ = events.send(Event::Removed);
+                });
+            }
+            Event::Removed => {} // the views are published after every event
+            Event::Summary(reply) => {
+                let _ = reply.send(self.summary);
+            }
+        }
+    }
+
+    /// Runs `job`, or attaches it to the work already under way for its key (the
+    /// server re-sends a job after a lost connection; computing it twice wastes a slot).
+    fn start(&mut self, lane: usize, job: ServerJob) {
+        let key = job.key();
+        if let Some(waiters) = self.in_progress.get_mut(&key) {
+            tracing::info!(job = %job.job_id, key = %key, "same key already in progress; attaching to it");
+            waiters.push((lane, job.job_id));
+            return;
+        }
+        self.in_progress
+            .insert(key.clone(), vec![(lane, job.job_id.clone())]);
+        let run = (self.runner)(job);
+        let settle = Settle {
+            events: self.events.clone(),
+            key: Some(key),
+        };
+        tokio::spawn(async move {
+            let end = run.await;
+            settle.settle(end);
+        });
+    }
+
+    /// Stores one result per waiter in the outbox (off the event loop), then delivers.
+    fn store(&mut self, outcome: Outcome, waiters: Waiters) {
+        let entries: Vec<Entry> = waiters
+            .into_iter()
+            .map(|(lane, job_id)| {
+                if let Outcome::Failed { error } = &outcome {
+                    tracing::warn!(job = %job_id, %error, "job failed");
+                } else {
+                    tracing::info!(job = %job_id, "job done");
+                }
+                Entry {
+                    msg: WorkerMsg::Result(JobResult {
+                        job_id: job_id.clone(),
+                        outcome: outcome.clone(),
+                    }),
+                    job_id,
+                    lane,
+                }
+            })
+            .collect();
+        let (ob, events) = (Arc::clone(&self.outbox), self.events.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut error = None;
+            for e in &entries {
+                if let Err(err) = ob.put(e) {
+                    error.get_or_insert(err.to_string());
+                }
+            }
+            let _ = events.send(Event::Stored(entries, error));
+        });
+    }
+
+    fn hand_back(&mut self, lane: usize, job_id: String, fault: &LocalFault) {
+        tracing::warn!(job = %job_id, reason = %fault.message, "job handed back to the server (a fault of this machine, not the track's)");
+        if fault.kind == LocalKind::Disk {
+            pause(&self.intake, fault.message.clone());
+        }
+        self.summary.handed_back += 1;
+        self.release(lane);
+        self.send(
+            lane,
+            LaneCmd::HandBack {
+                job_id,
+                reason: fault.message.clone(),
+            },
+        );
+    }
+
+    fn release(&mut self, lane: usize) {
+        let lane = owner(lane, self.lanes.len());
+        if let Some(l) = self.lanes.get_mut(lane) {
+            l.busy = l.busy.saturating_sub(1);
+        }
+    }
+
+    fn send(&self, lane: usize, cmd: LaneCmd) {
+        if let Some(l) = self.lanes.get(owner(lane, self.lanes.len())) {
+            let _ = l.cmds.send(cmd);
+        }
+    }
+
+    /// Tells every lane what it holds; a lane wakes only when its own view changed.
+    fn publish(&self) {
+        let n = self.lanes.len();
+        let mut pending: Vec<Vec<String>> = vec![Vec::new(); n];
+        for (id, lane) in self.outbox.pending_ids() {
+            if let Some(p) = pending.get_mut(owner(lane, n)) {
+                p.push(id);
+            }
+        }
+        for (l, pending) in self.lanes.iter().zip(pending) {
+            let next = LaneView {
+                busy: l.busy,
+                pending,
+            };
+            l.view.send_if_modified(|v| {
+                let changed = *v != next;
+                *v = next;
+                changed
+            });
+        }
+    }
+}
+
+/// The lane that answers for results of `lane`: itself, or lane 0 for a lane that does
+/// not exist in this run (results left by a previous run with more connections).
+fn owner(lane: usize, lanes: usize) -> usize {
+    if lane < lanes {
+        lane
+    } else {
+        0
+    }
+}
+
+/// Reports a job's end to the hub exactly once; dropped without a result (the job's
+/// task panicked or was cancelled), it reports the job abandoned, which hands it back.
+struct Settle {
+    events: mpsc::UnboundedSender<Event>,
+    key: Option<String>,
+}
+
+impl Settle {
+    fn settle(mut self, end: End) {
+        if let Some(key) = self.key.take() {
+            let _ = self.events.send(Event::Settled(key, end));
+        }
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let _ = self.events.send(Event::Settled(
+                key,
+                Err(LocalFault {
+                    kind: LocalKind::Pool,
+                    message: "the job's task ended without a result".into(),
+                }),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chaarfm_shared::server::{DownloadJob, JobKind};
+    use std::sync::Mutex;
+
+    fn job(id: &str, url: &str) -> ServerJob {
+        ServerJob {
+            job_id: id.into(),
+            kind: JobKind::Download(DownloadJob {
+                youtube_url: Some(url.into()),
+                artist: None,
+                title: None,
+                table_name: None,
+            }),
+        }
+    }
+
+    /// Each started job's release, in start order.
+    type Gates = Arc<Mutex<Vec<(String, oneshot::Sender<End>)>>>;
+
+    struct Fixture {
+        hub: Hub,
+        dir: std::path::PathBuf,
+        intake: Arc<watch::Sender<Intake>>,
+        /// Each started job's release: the test decides how it ends.
+        gates: Gates,
+    }
+
+    fn fixture(name: &str) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("chaarfm-hub-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let outbox = Arc::new(Outbox::open(&dir).unwrap());
+        let intake = Arc::new(watch::channel(Intake::Open).0);
+        let gates: Gates = Arc::default();
+        let g = Arc::clone(&gates);
+        let runner: Runner = Arc::new(move |job: ServerJob| {
+            let (tx, rx) = oneshot::channel::<End>();
+            g.lock().unwrap().push((job.job_id.clone(), tx));
+            Box::pin(async move {
+                match rx.await {
+                    Ok(end) => end,
+                    Err(_) => panic!("the test dropped the job: a panicking job task"),
+                }
+            })
+        });
+        let (hub, _task) = Hub::start(outbox, Arc::clone(&intake), runner);
+        Fixture {
+            hub,
+            dir,
+            intake,
+            gates,
+        }
+    }
+
+    impl Fixture {
+        fn finish(&self, i: usize, end: End) {
+            let (_, tx) = self.gates.lock().unwrap().remove(i);
+            tx.send(end).unwrap();
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn ok() -> End {
+        Ok(Outcome::Failed {
+            error: "too short".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_result_is_held_until_processed_and_busy_counts_follow() {
+        let f = fixture("held");
+        let mut lane = f.hub.add_lane().await.unwrap();
+        f.hub.job(lane.id, job("j1", "https://youtu.be/a")).await;
+        assert_eq!(lane.view.borrow().busy, 1, "counted before job() returns");
+        f.finish(0, ok());
+        let Some(LaneCmd::Result(entry)) = lane.cmds.recv().await else {
+            panic!("no result")
+        };
+        assert_eq!(entry.job_id, "j1");
+        let v = lane.view.wait_for(|v| v.busy == 0).await.unwrap().clone();
+        assert_eq!(v.pending, vec!["j1".to_string()], "kept until processed");
+        assert_eq!(
+            f.hub.connected(lane.id).await.len(),
+            1,
+            "re-sent on reconnect"
+        );
+        f.hub.processed(vec!["j1".into()]);
+        lane.view.wait_for(|v| v.pending.is_empty()).await.unwrap();
+        assert_eq!(f.hub.summary().await.jobs_done, 1);
+    }
+
+    #[tokio::test]
+    async fn a_resent_job_attaches_to_the_work_under_way() {
+        let f = fixture("attach");
+        let mut a = f.hub.add_lane().await.unwrap();
+        let mut b = f.hub.add_lane().await.unwrap();
+        f.hub.job(a.id, job("first", "https://youtu.be/same")).await;
+        f.hub.job(b.id, job("again", "https://youtu.be/same")).await;
+        assert_eq!(f.gates.lock().unwrap().len(), 1, "computed once");
+        f.finish(0, ok());
+        let (Some(LaneCmd::Result(x)), Some(LaneCmd::Result(y))) =
+            (a.cmds.recv().await, b.cmds.recv().await)
+        else {
+            panic!("both lanes get a result")
+        };
+        assert_eq!((x.job_id.as_str(), y.job_id.as_str()), ("first", "again"));
+        assert_eq!(f.hub.summary().await.jobs_done, 2);
+    }
+
+    #[tokio::test]
+    async fn a_disk_fault_hands_back_and_pauses_intake() {
+        let f = fixture("disk");
+        let mut lane = f.hub.add_lane().await.unwrap();
+        f.hub.job(lane.id, job("j1", "https://youtu.be/a")).await;
+        f.finish(
+            0,
+            Err(LocalFault {
+                kind: LocalKind::Disk,
+                message: "No space left on device".into(),
+            }),
+        );
+        let Some(LaneCmd::HandBack { job_id, .. }) = lane.cmds.recv().await else {
+            panic!("not handed back")
+        };
+        assert_eq!(job_id, "j1");
+        assert!(matches!(*f.intake.borrow(), Intake::Paused(_)));
+        let v = lane.view.wait_for(|v| v.busy == 0).await.unwrap().clone();
+        assert!(v.pending.is_empty(), "nothing stored for a handed-back job");
+        let s = f.hub.summary().await;
+        assert_eq!((s.jobs_done, s.handed_back), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_handed_back_not_held_forever() {
+        let f = fixture("panic");
+        let mut lane = f.hub.add_lane().await.unwrap();
+        f.hub.job(lane.id, job("j1", "https://youtu.be/a")).await;
+        f.gates.lock().unwrap().clear(); // the job's future panics
+        let Some(LaneCmd::HandBack { job_id, .. }) = lane.cmds.recv().await else {
+            panic!("not handed back")
+        };
+        assert_eq!(job_id, "j1");
+        lane.view.wait_for(|v| v.busy == 0).await.unwrap();
+        assert_eq!(
+            *f.intake.borrow(),
+            Intake::Open,
+            "a pool fault does not pause"
+        );
+    }
+
+    #[tokio::test]
+    async fn results_of_lanes_gone_since_the_last_run_go_to_lane_zero() {
+        let f = fixture("orphans");
+        let outbox = Outbox::open(&f.dir).unwrap();
+        let mut e = Entry {
+            job_id: "old".into(),
+            lane: 7,
+            msg: WorkerMsg::Pong,
+        };
+        outbox.put(&e).unwrap();
+        e.job_id = "mine".into();
+        e.lane = 1;
+        outbox.put(&e).unwrap();
+        // A hub over the directory a previous run left.
+        let (hub, _t) = Hub::start(
+            Arc::new(Outbox::open(&f.dir).unwrap()),
+            Arc::clone(&f.intake),
+            Arc::new(|_| Box::pin(async { ok() })),
+        );
+        let zero = hub.add_lane().await.unwrap();
+        let one = hub.add_lane().await.unwrap();
+        let ids = |v: Vec<Entry>| v.into_iter().map(|e| e.job_id).collect::<Vec<_>>();
+        assert_eq!(ids(hub.connected(zero.id).await), vec!["old"]);
+        assert_eq!(ids(hub.connected(one.id).await), vec!["mine"]);
+    }
+}
