@@ -5,6 +5,7 @@
 pub mod decode;
 pub mod fault;
 pub mod features;
+pub mod graph;
 pub mod infer;
 pub mod isolation;
 pub mod model;
@@ -13,5 +14,5 @@ pub mod resample;
 pub mod runtime;
 pub mod serve;
 
-pub use infer::{Device, InferOptions, Musicnn};
+pub use infer::{Device, Engine, InferOptions, Musicnn};
 pub use pipeline::{embed_file, EmbedError, Embedding};

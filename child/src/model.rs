@@ -26,8 +26,23 @@ pub struct Manifest {
     pub patch_hop: usize,
     pub bands: usize,
     pub embedding_dim: usize,
+    pub shared: SharedCut,
     pub tags: Vec<String>,
     pub probe: Probe,
+}
+
+/// Where the shared engine cuts the model (`graph::extract`, MUSICNN.md section 8).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SharedCut {
+    /// The reshaped input before its batch norm, `[batch, 1, time, bands]`.
+    pub raw: String,
+    /// The two timbral branches after their max over frequency, `[batch, channels, time]`.
+    pub timbral: [String; 2],
+    /// The reshape that pins time to 187 frames in the front-end.
+    pub pinned_reshape: String,
+    pub channels: usize,
+    /// Frames each side a timbral output depends on (kernel 7: 3).
+    pub halo: usize,
 }
 
 /// A fixed input and the published conversion's output for it: how a model whose bytes

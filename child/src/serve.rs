@@ -22,6 +22,7 @@ pub struct ServeArgs {
     pub device: Device,
     pub threads: usize,
     pub batch: usize,
+    pub engine: crate::Engine,
 }
 
 /// The local-socket name for `s`: a file path on Unix, a named pipe on Windows.
@@ -83,6 +84,7 @@ pub fn run(args: ServeArgs) -> i32 {
         threads: args.threads,
         batch: args.batch,
         device: args.device,
+        engine: args.engine,
     };
     let mut model = match Musicnn::load(&args.model, &opts) {
         Ok(m) => m,

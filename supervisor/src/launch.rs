@@ -42,12 +42,14 @@ pub fn start_pool(
             device: Device::Cuda(i),
             threads: 1,
             batch: 32,
+            engine: args.engine,
         })
         .collect();
     children.extend((0..plan.cpu_children).map(|_| ChildSpec {
         device: Device::Cpu,
         threads: 1,
         batch: 1,
+        engine: args.engine,
     }));
     let n = children.len().max(1) as u64;
     let max_child_memory_mb = args

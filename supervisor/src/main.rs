@@ -148,6 +148,7 @@ fn child(args: &cli::ChildArgs, model: Option<&std::path::Path>) -> ExitCode {
         device,
         threads: args.threads,
         batch: args.batch,
+        engine: args.engine,
     });
     ExitCode::from(code.clamp(0, 255) as u8)
 }

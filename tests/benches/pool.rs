@@ -2,7 +2,8 @@
 //! with `--workers auto`; prints x realtime for each, the scaling efficiency, IPC overhead
 //! per job, and the peak RSS of the supervisor and of a child (from ingest's summary).
 //!
-//! Run: `cargo bench -p chaarfm-tests --bench pool` (after `cargo build --release`).
+//! Run: `cargo bench -p chaarfm-tests --bench pool [-- --engine patch|shared]` (after
+//! `cargo build --release`).
 use std::path::PathBuf;
 
 use chaarfm_tests::{binary, corpus_dir, references, TempDir};
@@ -27,11 +28,11 @@ fn number_after(text: &str, key: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn ingest(files: &[PathBuf], workers: &str, dir: &TempDir) -> anyhow::Result<Run> {
+fn ingest(files: &[PathBuf], workers: &str, engine: &str, dir: &TempDir) -> anyhow::Result<Run> {
     let out = dir.join(&format!("out-{workers}.jsonl"));
     let _ = std::fs::remove_file(&out);
     let o = std::process::Command::new(binary())
-        .args(["ingest", "--workers", workers, "--out"])
+        .args(["ingest", "--workers", workers, "--engine", engine, "--out"])
         .arg(&out)
         .args(files)
         .output()?;
@@ -65,9 +66,15 @@ fn main() -> anyhow::Result<()> {
             files.push(link);
         }
     }
-    println!("{} jobs", files.len());
-    let one = ingest(&files, "1", &dir)?;
-    let auto = ingest(&files, "auto", &dir)?;
+    let args: Vec<String> = std::env::args().collect();
+    let engine = args
+        .iter()
+        .position(|a| a == "--engine")
+        .and_then(|i| args.get(i + 1))
+        .map_or("shared", String::as_str);
+    println!("{} jobs, --engine {engine}", files.len());
+    let one = ingest(&files, "1", engine, &dir)?;
+    let auto = ingest(&files, "auto", engine, &dir)?;
     println!(
         "--workers 1:    {:6.1}x realtime, {:6.1} s",
         one.xrt, one.wall

@@ -1,16 +1,24 @@
 //! Every corpus file with an Essentia reference reaches cosine >= 0.9999 (MUSICNN.md shows
-//! 1.0000000 is reachable); the too-short clip gives the documented error.
+//! 1.0000000 is reachable) with the default (shared) engine, and the per-patch engine
+//! gives the same vector (max abs difference <= 1e-5); the too-short clip gives the
+//! documented error.
 
-use chaarfm_child::{embed_file, model, InferOptions, Musicnn};
+use chaarfm_child::{embed_file, model, pipeline, Engine, InferOptions, Musicnn};
 use chaarfm_tests::{corpus_dir, cosine, references};
 
+fn load(engine: Engine) -> Musicnn {
+    let opts = InferOptions {
+        engine,
+        ..InferOptions::default()
+    };
+    Musicnn::load(&model::resolve(None).expect("model"), &opts).expect("load model")
+}
+
 #[test]
-fn corpus_matches_essentia() {
-    let mut m = Musicnn::load(
-        &model::resolve(None).expect("model"),
-        &InferOptions::default(),
-    )
-    .expect("load model");
+fn corpus_matches_essentia_with_both_engines() {
+    let mut m = load(Engine::Shared);
+    assert_eq!(m.engine(), Engine::Shared, "the default engine");
+    let mut per_patch = load(Engine::Patch);
     let refs = references();
     let mut failures = Vec::new();
     let mut checked = 0;
@@ -21,10 +29,25 @@ fn corpus_matches_essentia() {
             (Some(want), Ok(got)) => {
                 checked += 1;
                 let c = cosine(&got.vector, want);
+                let mel = pipeline::features(&path).expect("features").mel;
+                let other = per_patch.predict(&mel).expect("per-patch engine");
+                let diff = got
+                    .vector
+                    .iter()
+                    .zip(&other.vector)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                let c_patch = cosine(&other.vector, want);
                 println!(
-                    "{name:22} cosine {c:.7}  patches {} (Essentia {})",
+                    "{name:22} cosine {c:.7} (per-patch engine {c_patch:.7}, max abs diff {diff:.1e})  patches {} (Essentia {})",
                     got.patches, r.patches
                 );
+                if diff > 1e-5 {
+                    failures.push(format!("{name}: engines differ by {diff:e} > 1e-5"));
+                }
+                if c_patch < 0.9999 {
+                    failures.push(format!("{name}: per-patch engine cosine {c_patch:.7}"));
+                }
                 if c < 0.9999 {
                     failures.push(format!("{name}: cosine {c:.7} < 0.9999"));
                 }
@@ -77,4 +100,49 @@ fn artist_and_title_come_from_the_files_own_tags() {
         FileTags::default(),
         "awakening.mp3 has no tags (ffprobe agrees)"
     );
+}
+
+/// The shared engine's seams: a track that ends exactly where its last patch ends, chunk
+/// borders (every 512 frames) inside patches, and batches of several patches (as on a
+/// GPU) all give the per-patch engine's vector.
+#[test]
+fn shared_engine_seams_and_batches_match_the_per_patch_engine() {
+    use chaarfm_child::features::{MelSpectrogram, BANDS};
+    let full = pipeline::features(&corpus_dir().join("caves.flac"))
+        .expect("features")
+        .mel;
+    let mut per_patch = load(Engine::Patch);
+    let mut shared = [1usize, 5].map(|batch| {
+        Musicnn::load(
+            &model::resolve(None).expect("model"),
+            &InferOptions {
+                batch,
+                engine: Engine::Shared,
+                ..InferOptions::default()
+            },
+        )
+        .expect("load model")
+    });
+    // 187: one patch, ending at the last frame; 280: two, the same; 700 and 1300: chunk
+    // borders at 512 and 1024 fall inside patches; the whole file.
+    for frames in [187, 280, 700, 1300, full.frames] {
+        let mel = MelSpectrogram {
+            data: full.data[..frames * BANDS].to_vec(),
+            frames,
+            samples: 0,
+        };
+        let want = per_patch.predict(&mel).expect("per-patch engine");
+        for m in &mut shared {
+            let got = m.predict(&mel).expect("shared engine");
+            assert_eq!(got.patches, want.patches);
+            let diff = got
+                .vector
+                .iter()
+                .chain(&got.tags)
+                .zip(want.vector.iter().chain(&want.tags))
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff <= 1e-5, "{frames} frames: max abs diff {diff:e}");
+        }
+    }
 }

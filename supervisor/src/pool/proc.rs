@@ -20,6 +20,7 @@ pub struct ChildSpec {
     pub device: Device,
     pub threads: usize,
     pub batch: usize,
+    pub engine: chaarfm_child::Engine,
 }
 
 /// Identifies one incarnation of one slot: a respawned child gets a new generation, so
@@ -212,6 +213,7 @@ impl ChildCommand {
         push("--device", self.spec.device.to_string().into());
         push("--threads", self.spec.threads.to_string().into());
         push("--batch", self.spec.batch.to_string().into());
+        push("--engine", self.spec.engine.to_string().into());
         let mut all = vec![std::ffi::OsString::from("__child")];
         all.extend(a);
         all

@@ -98,6 +98,7 @@ fn start(children: usize) -> Harness {
                 device: Device::Cpu,
                 threads: 1,
                 batch: 1,
+                engine: chaarfm_child::Engine::Shared,
             })
             .collect(),
         job_timeout: None,
