@@ -308,6 +308,203 @@ pub fn extract(model: &[u8], cut: &Cut) -> Result<Vec<u8>, GraphError> {
     Ok(out)
 }
 
+/// A 2-D convolution whose kernel spans the whole width of its input (`[O, 1, K, C]`
+/// over `[B, 1, T, C]`, fed by a reshape of a `[B, C, T]` tensor), to be run as the
+/// 1-D convolution it is (`[O, C, K]` over `[B, C, T]`): the same sums, without the
+/// transpose and reshape in front (MUSICNN.md section 8, rewrite 2).
+#[derive(Debug, Clone)]
+pub struct Conv1d {
+    /// The convolution node.
+    pub conv: String,
+    /// The `[B, C, T]` tensor it really reads.
+    pub source: String,
+}
+
+/// Reads a float initializer: its dims and values (raw_data or float_data).
+fn float_tensor(bytes: &[u8]) -> Result<(Vec<i64>, Vec<f32>), GraphError> {
+    let (mut dims, mut values) = (Vec::new(), Vec::new());
+    for f in fields(bytes)? {
+        match (f.number, f.wire) {
+            (1, 0) => dims.push(varint(f.payload, &mut 0)? as i64),
+            (1, 2) => {
+                let mut pos = 0;
+                while pos < f.payload.len() {
+                    dims.push(varint(f.payload, &mut pos)? as i64);
+                }
+            }
+            (2, 0) if varint(f.payload, &mut 0)? != 1 => {
+                return Err(GraphError::Malformed("initializer is not float32"))
+            }
+            (4, 2) | (9, 2) => values.extend(
+                f.payload
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            ),
+            (4, 5) => values.push(f32::from_le_bytes(
+                f.payload
+                    .try_into()
+                    .map_err(|_| GraphError::Malformed("bad float"))?,
+            )),
+            _ => {}
+        }
+    }
+    Ok((dims, values))
+}
+
+/// `TensorProto { dims = 1, data_type = 2, name = 8, raw_data = 9 }`.
+fn tensor_proto(name: &str, dims: &[i64], data_type: u64, raw: &[u8]) -> Vec<u8> {
+    let mut t = Vec::new();
+    for &d in dims {
+        put_uint(&mut t, 1, d as u64);
+    }
+    put_uint(&mut t, 2, data_type);
+    put_bytes(&mut t, 8, name.as_bytes());
+    put_bytes(&mut t, 9, raw);
+    t
+}
+
+/// `AttributeProto { name = 1, ints = 8, type = 20 (INTS = 7) }`.
+fn ints_attribute(name: &str, values: &[i64]) -> Vec<u8> {
+    let mut a = Vec::new();
+    put_bytes(&mut a, 1, name.as_bytes());
+    for &v in values {
+        put_uint(&mut a, 8, v as u64);
+    }
+    put_uint(&mut a, 20, 7);
+    a
+}
+
+/// `NodeProto { input = 1, output = 2, name = 3, op_type = 4, attribute = 5 }`.
+fn node_proto(
+    name: &str,
+    op: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attrs: &[Vec<u8>],
+) -> Vec<u8> {
+    let mut n = Vec::new();
+    for i in inputs {
+        put_bytes(&mut n, 1, i.as_bytes());
+    }
+    for o in outputs {
+        put_bytes(&mut n, 2, o.as_bytes());
+    }
+    put_bytes(&mut n, 3, name.as_bytes());
+    put_bytes(&mut n, 4, op.as_bytes());
+    for a in attrs {
+        put_bytes(&mut n, 5, a);
+    }
+    n
+}
+
+/// The model with `rw.conv` replaced by a 1-D convolution over `rw.source` followed by an
+/// `Unsqueeze` to the old output's shape; the old reshapes in front become unused (and
+/// are dropped by [`extract`]).
+pub fn conv_as_1d(model: &[u8], rw: &Conv1d) -> Result<Vec<u8>, GraphError> {
+    let top = fields(model)?;
+    let graph = top
+        .iter()
+        .find(|f| f.number == 7 && f.wire == 2)
+        .ok_or(GraphError::Malformed("no graph"))?;
+    let gfields = fields(graph.payload)?;
+    let conv = gfields
+        .iter()
+        .filter(|f| f.number == 1 && f.wire == 2)
+        .map(|f| node(f.payload))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .find(|n| n.name == rw.conv)
+        .ok_or_else(|| GraphError::Missing(rw.conv.clone()))?;
+    let (weight, bias) = match &conv.inputs[..] {
+        [_, w, b] => (w.clone(), b.clone()),
+        _ => return Err(GraphError::Missing(format!("{} weights and bias", rw.conv))),
+    };
+    let out = conv
+        .outputs
+        .first()
+        .cloned()
+        .ok_or(GraphError::Malformed("convolution without output"))?;
+    let mut kernel = None;
+    for f in gfields.iter().filter(|f| f.number == 5 && f.wire == 2) {
+        let is_weight = fields(f.payload)?
+            .iter()
+            .any(|t| t.number == 8 && t.payload == weight.as_bytes());
+        if is_weight {
+            kernel = Some(float_tensor(f.payload)?);
+        }
+    }
+    let (dims, w) = kernel.ok_or_else(|| GraphError::Missing(weight.clone()))?;
+    let [o, 1, k, c] = dims[..] else {
+        return Err(GraphError::Malformed(
+            "convolution kernel is not [O, 1, K, C]",
+        ));
+    };
+    let (o, k, c) = (o as usize, k as usize, c as usize);
+    if w.len() != o * k * c || k % 2 == 0 {
+        return Err(GraphError::Malformed("convolution kernel size"));
+    }
+    // [O, 1, K, C] -> [O, C, K]
+    let mut raw = Vec::with_capacity(w.len() * 4);
+    for oi in 0..o {
+        for ci in 0..c {
+            for ki in 0..k {
+                raw.extend_from_slice(&w[(oi * k + ki) * c + ci].to_le_bytes());
+            }
+        }
+    }
+    let (w1, axes, flat) = (
+        format!("{}/kernel_1d", rw.conv),
+        format!("{}/axes_1d", rw.conv),
+        format!("{}/out_1d", rw.conv),
+    );
+    let half = (k / 2) as i64;
+    let mut g = Vec::new();
+    for f in &gfields {
+        if f.number == 1 && f.wire == 2 && node(f.payload)?.name == rw.conv {
+            let conv1d = node_proto(
+                &format!("{}/1d", rw.conv),
+                "Conv",
+                &[&rw.source, &w1, &bias],
+                &[&flat],
+                &[
+                    ints_attribute("kernel_shape", &[k as i64]),
+                    ints_attribute("pads", &[half, half]),
+                ],
+            );
+            put_bytes(&mut g, 1, &conv1d);
+            let unsqueeze = node_proto(
+                &format!("{}/unsqueeze", rw.conv),
+                "Unsqueeze",
+                &[&flat, &axes],
+                &[&out],
+                &[],
+            );
+            put_bytes(&mut g, 1, &unsqueeze);
+        } else {
+            put_field(&mut g, f);
+        }
+    }
+    put_bytes(
+        &mut g,
+        5,
+        &tensor_proto(&w1, &[o as i64, c as i64, k as i64], 1, &raw),
+    );
+    put_bytes(
+        &mut g,
+        5,
+        &tensor_proto(&axes, &[1], 7, &3i64.to_le_bytes()),
+    );
+    let mut model_out = Vec::with_capacity(model.len() + raw.len());
+    for f in &top {
+        if f.number == 7 {
+            put_bytes(&mut model_out, 7, &g);
+        } else {
+            put_field(&mut model_out, f);
+        }
+    }
+    Ok(model_out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,5 +541,17 @@ mod tests {
             }
         )
         .is_err());
+    }
+
+    #[test]
+    fn float_initializers_round_trip() {
+        let values = [1.5f32, -2.0, 0.25, 3.0, -0.5, 8.0];
+        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let t = tensor_proto("w", &[2, 3], 1, &raw);
+        let (dims, got) = float_tensor(&t).unwrap();
+        assert_eq!(dims, vec![2, 3]);
+        assert_eq!(got, values);
+        let ints = tensor_proto("axes", &[1], 7, &3i64.to_le_bytes());
+        assert!(float_tensor(&ints).is_err(), "int64 is not read as float");
     }
 }

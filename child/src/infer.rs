@@ -174,18 +174,30 @@ impl Musicnn {
         let sessions = match opts.engine {
             Engine::Patch => Sessions::Patch(session(&file.bytes).map_err(corrupt)?),
             Engine::Shared => {
-                let split = |cut| {
-                    crate::graph::extract(&file.bytes, &cut).map_err(|source| {
-                        corrupt(InferError::Split {
-                            path: shown.clone(),
-                            source,
-                        })
+                let split_err = |source| {
+                    corrupt(InferError::Split {
+                        path: shown.clone(),
+                        source,
                     })
                 };
                 let (front, rest) = cuts();
+                let front = crate::graph::extract(&file.bytes, &front).map_err(split_err)?;
+                let rewritten = match &manifest().shared.conv_1d {
+                    Some(c) => {
+                        let rw = crate::graph::Conv1d {
+                            conv: c.conv.clone(),
+                            source: c.source.clone(),
+                        };
+                        std::borrow::Cow::Owned(
+                            crate::graph::conv_as_1d(&file.bytes, &rw).map_err(split_err)?,
+                        )
+                    }
+                    None => std::borrow::Cow::Borrowed(&file.bytes[..]),
+                };
+                let rest = crate::graph::extract(&rewritten, &rest).map_err(split_err)?;
                 Sessions::Shared {
-                    front: session(&split(front)?).map_err(corrupt)?,
-                    rest: session(&split(rest)?).map_err(corrupt)?,
+                    front: session(&front).map_err(corrupt)?,
+                    rest: session(&rest).map_err(corrupt)?,
                 }
             }
         };

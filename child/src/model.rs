@@ -43,6 +43,16 @@ pub struct SharedCut {
     pub channels: usize,
     /// Frames each side a timbral output depends on (kernel 7: 3).
     pub halo: usize,
+    /// A convolution run as 1-D in the rest (`graph::conv_as_1d`), if any.
+    #[serde(default)]
+    pub conv_1d: Option<ConvAs1d>,
+}
+
+/// See [`crate::graph::Conv1d`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConvAs1d {
+    pub conv: String,
+    pub source: String,
 }
 
 /// A fixed input and the published conversion's output for it: how a model whose bytes

@@ -12,6 +12,27 @@ use crate::pool::proc::ProcSpawner;
 use crate::pool::{ChildSpec, Pool, PoolConfig};
 use crate::sizing;
 
+/// Patches per inference call on a GPU: it wants large batches (the shared engine runs the
+/// rest of the model on this many patches at once). One on CPU: fastest there, measured.
+const GPU_BATCH: usize = 32;
+
+/// The children of `plan`: GPU children first (one per device), then CPU ones.
+fn child_specs(plan: &sizing::Plan, engine: chaarfm_child::Engine) -> Vec<ChildSpec> {
+    let gpu = plan.gpu_children.iter().map(|&i| ChildSpec {
+        device: Device::Cuda(i),
+        threads: 1,
+        batch: GPU_BATCH,
+        engine,
+    });
+    let cpu = (0..plan.cpu_children).map(|_| ChildSpec {
+        device: Device::Cpu,
+        threads: 1,
+        batch: 1,
+        engine,
+    });
+    gpu.chain(cpu).collect()
+}
+
 /// A started pool and how many children it runs.
 pub struct Started {
     pub pool: Pool,
@@ -35,22 +56,7 @@ pub fn start_pool(
         tracing::warn!("{w}");
     }
     tracing::info!("workers: {}", plan.reasons);
-    let mut children: Vec<ChildSpec> = plan
-        .gpu_children
-        .iter()
-        .map(|&i| ChildSpec {
-            device: Device::Cuda(i),
-            threads: 1,
-            batch: 32,
-            engine: args.engine,
-        })
-        .collect();
-    children.extend((0..plan.cpu_children).map(|_| ChildSpec {
-        device: Device::Cpu,
-        threads: 1,
-        batch: 1,
-        engine: args.engine,
-    }));
+    let children = child_specs(&plan, args.engine);
     let n = children.len().max(1) as u64;
     let max_child_memory_mb = args
         .max_child_memory
@@ -78,4 +84,34 @@ pub fn start_pool(
         task,
         children,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chaarfm_child::Engine;
+
+    #[test]
+    fn gpu_children_batch_patches_and_every_child_gets_the_engine() {
+        let plan = sizing::Plan {
+            cpu_children: 2,
+            gpu_children: vec![0, 1],
+            reasons: String::new(),
+            warnings: Vec::new(),
+        };
+        for engine in [Engine::Shared, Engine::Patch] {
+            let specs = child_specs(&plan, engine);
+            let got: Vec<(Device, usize)> = specs.iter().map(|s| (s.device, s.batch)).collect();
+            assert_eq!(
+                got,
+                vec![
+                    (Device::Cuda(0), GPU_BATCH),
+                    (Device::Cuda(1), GPU_BATCH),
+                    (Device::Cpu, 1),
+                    (Device::Cpu, 1)
+                ]
+            );
+            assert!(specs.iter().all(|s| s.engine == engine && s.threads == 1));
+        }
+    }
 }
