@@ -56,6 +56,11 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// Let jobs download from loopback, private (RFC 1918/4193), link-local and CGNAT
+    /// addresses: off by default, so a server cannot make this worker probe its network.
+    #[arg(long, env = "CHAARFM_ALLOW_PRIVATE_URLS")]
+    pub allow_private_urls: bool,
+
     #[command(flatten)]
     pub pool: PoolArgs,
 }

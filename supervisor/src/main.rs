@@ -117,6 +117,7 @@ async fn connect(
         base: args.url.clone(),
         code,
         lanes: args.lanes == cli::Lanes::Auto,
+        allow_private_urls: args.allow_private_urls,
         state_dir,
     };
     let result = server::run(opts, started.pool.clone(), started.children).await;

@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
             "TEST42",
             "--workers",
             "auto",
+            "--allow-private-urls",
             "--state-dir",
         ])
         .arg(state.path())

@@ -20,8 +20,10 @@ use nix::unistd::Pid;
 
 fn super_cmd(mock: &Mock, state: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(binary());
+    // The mock serves audio on loopback.
     cmd.args(["--url", &mock.base_url(), "--code", "TEST42", "--state-dir"])
         .arg(state)
+        .arg("--allow-private-urls")
         .args(extra);
     cmd
 }

@@ -18,10 +18,14 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+/// Connect mode against the mock, which serves audio on loopback: hence
+/// `--allow-private-urls` (the guard itself is tested in
+/// `the_private_address_guard_refuses_jobs_pointing_at_this_network`).
 fn start_super(mock: &Mock, state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Spawned {
     let mut cmd = Command::new(binary());
     cmd.args(["--url", &mock.base_url(), "--code", "TEST42", "--state-dir"])
         .arg(state)
+        .arg("--allow-private-urls")
         .args(extra);
     for (k, v) in env {
         cmd.env(k, v);
@@ -217,6 +221,50 @@ fn bad_urls_fail_clearly_while_other_jobs_go_on() {
         .map(|e| e.file_name())
         .collect();
     assert!(left.is_empty(), "download directory not cleaned: {left:?}");
+}
+
+#[test]
+fn the_private_address_guard_refuses_jobs_pointing_at_this_network() {
+    let mock = Mock::start(MockConfig::new(corpus_dir()));
+    let direct = mock.add_audio_job("palace.wav");
+    let metadata = mock.add_job(serde_json::json!({"artist": "A", "title": "T", "table_name": "t", "youtube_url": "http://169.254.169.254/latest/meta-data"}));
+    let state = TempDir::new("guard");
+    let mut cmd = Command::new(binary());
+    cmd.args([
+        "--url",
+        &mock.base_url(),
+        "--code",
+        "TEST42",
+        "--workers",
+        "1",
+    ])
+    .arg("--state-dir")
+    .arg(state.path())
+    .env_remove("CHAARFM_ALLOW_PRIVATE_URLS");
+    let sup = Spawned::spawn(cmd);
+    let got = mock.wait_results(2, Duration::from_secs(60));
+    let (code, stderr) = stop(sup);
+    assert!(got, "stderr:\n{stderr}");
+    assert_eq!(code, Some(0));
+    let received = mock.received();
+    let error_of = |id: &str| {
+        let m = &received.iter().find(|r| r.job_id == id).unwrap().msg;
+        assert_eq!(status(m), "failed");
+        m.get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let e = error_of(&direct);
+    assert!(
+        e.starts_with("refused http://127.0.0.1:")
+            && e.ends_with(": loopback address (pass --allow-private-urls to allow)"),
+        "{e}"
+    );
+    assert_eq!(
+        error_of(&metadata),
+        "refused http://169.254.169.254/latest/meta-data: link-local address (cloud metadata included) (pass --allow-private-urls to allow)"
+    );
 }
 
 /// Runs connect mode against `url` with `code`; it must exit 2 at once. Returns stderr.

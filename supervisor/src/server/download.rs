@@ -25,6 +25,8 @@ pub struct Limits {
     pub read_timeout: Duration,
     /// yt-dlp gets this long in all.
     pub ytdlp_timeout: Duration,
+    /// `--allow-private-urls`: the private-address guard is off (`server::guard`).
+    pub allow_private: bool,
 }
 
 impl Limits {
@@ -49,6 +51,7 @@ impl Limits {
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs_f64(read_s.max(0.1)),
             ytdlp_timeout: Duration::from_secs(600),
+            allow_private: false,
         }
     }
 }
@@ -74,6 +77,8 @@ pub enum DownloadError {
     NoYtDlp,
     #[error("yt-dlp failed: {0}")]
     YtDlp(String),
+    #[error(transparent)]
+    Refused(#[from] super::guard::Refused),
     #[error("cannot write the download: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -182,20 +187,48 @@ pub fn youtube_id(url: &str) -> String {
 /// Streams `url` into `dest`, enforcing the size bounds as bytes arrive (blocking: run it
 /// on a blocking thread).
 pub fn http_download(url: &str, dest: &Path, limits: &Limits) -> Result<(), DownloadError> {
+    let guard = (!limits.allow_private).then(super::guard::GuardResolver::default);
+    fetch(url, dest, limits, guard)
+}
+
+/// [`http_download`] with the guard given (`None`: off).
+fn fetch(
+    url: &str,
+    dest: &Path,
+    limits: &Limits,
+    guard: Option<super::guard::GuardResolver>,
+) -> Result<(), DownloadError> {
     check_url(url)?;
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    if let Some(g) = &guard {
+        // Through a proxy (HTTP(S)_PROXY), names are resolved by the proxy: literal
+        // addresses, at least, are checked here.
+        g.check_literal(url)?;
+    }
+    let config = ureq::Agent::config_builder()
         .timeout_connect(Some(limits.connect_timeout))
         .timeout_per_read(Some(limits.read_timeout))
         .timeout_recv_response(Some(limits.read_timeout))
         .http_status_as_error(false)
         .max_redirects(5)
         .user_agent(concat!("chaarfm-super/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into();
-    let resp = agent
-        .get(url)
-        .call()
-        .map_err(|e| DownloadError::Transport(e.to_string()))?;
+        .build();
+    let agent: ureq::Agent = match guard {
+        None => config.into(),
+        // Every hop (redirects included) resolves through the guard, and ureq connects
+        // to the addresses it checked.
+        Some(guard) => ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            guard,
+        ),
+    };
+    let resp = agent.get(url).call().map_err(|e| match e {
+        ureq::Error::Other(inner) => match inner.downcast::<super::guard::Refused>() {
+            Ok(refused) => DownloadError::Refused(*refused),
+            Err(other) => DownloadError::Transport(other.to_string()),
+        },
+        e => DownloadError::Transport(e.to_string()),
+    })?;
     let status = resp.status().as_u16();
     if status >= 400 {
         return Err(DownloadError::Status(status));
@@ -369,6 +402,75 @@ pub async fn ytdlp_download(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A one-shot HTTP server on `ip`: answers every request with `response`; returns
+    /// its port.
+    fn serve(ip: &str, response: String) -> u16 {
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let mut buf = [0u8; 2048];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(response.as_bytes());
+            }
+        });
+        port
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            min_bytes: 0,
+            ..Limits::from_env()
+        }
+    }
+
+    #[test]
+    fn the_guard_refuses_loopback_by_address_by_name_and_after_a_redirect() {
+        let dir = std::env::temp_dir().join(format!("chaarfm-guard-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dest = dir.join("x.mp3");
+        let audio = serve(
+            "127.0.0.1",
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc".into(),
+        );
+        let direct = format!("http://127.0.0.1:{audio}/x.mp3");
+        let e = http_download(&direct, &dest, &limits()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("refused {direct}: loopback address (pass --allow-private-urls to allow)")
+        );
+        let named = format!("http://localhost:{audio}/x.mp3");
+        let e = http_download(&named, &dest, &limits()).unwrap_err();
+        assert!(e.to_string().contains("loopback address"), "{e}");
+        // 127.0.0.2 stands in for a public host that redirects to loopback.
+        let hop = serve(
+            "127.0.0.2",
+            format!("HTTP/1.1 302 Found\r\nLocation: {direct}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        );
+        let public = "127.0.0.2".parse().unwrap();
+        let e = fetch(
+            &format!("http://127.0.0.2:{hop}/x.mp3"),
+            &dest,
+            &limits(),
+            Some(super::super::guard::GuardResolver::exempting(public)),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("refused {direct}: loopback address (pass --allow-private-urls to allow)"),
+            "the redirect hop is checked"
+        );
+        assert!(!dest.exists() || std::fs::read(&dest).unwrap().is_empty());
+        // Allowed: the same download works.
+        let open = Limits {
+            allow_private: true,
+            ..limits()
+        };
+        http_download(&direct, &dest, &open).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"abc");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn only_http_and_https_are_accepted() {

@@ -17,6 +17,7 @@
 //!   `release`d (protocol 2). A disk fault pauses intake until a probe succeeds.
 
 pub mod download;
+pub mod guard;
 pub mod hub;
 pub mod outbox;
 pub mod work;
@@ -59,6 +60,8 @@ pub struct Options {
     pub code: String,
     /// Open extra connections for a legacy server.
     pub lanes: bool,
+    /// Let jobs point at loopback, private and link-local addresses (`server::guard`).
+    pub allow_private_urls: bool,
     pub state_dir: PathBuf,
 }
 
@@ -253,7 +256,10 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<O
     let ctx = Arc::new(Ctx {
         pool,
         outbox: Arc::new(outbox),
-        limits: download::Limits::from_env(),
+        limits: download::Limits {
+            allow_private: opts.allow_private_urls,
+            ..download::Limits::from_env()
+        },
         ytdlp,
         tmp: private_tmp(&opts.state_dir).context("creating the download directory")?,
         url,

@@ -118,6 +118,11 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
     let got: Downloaded = match url {
         Some(url) => {
             download::check_url(url).map_err(classify)?;
+            if !ctx.limits.allow_private {
+                // yt-dlp resolves names itself; literal addresses are caught here, and
+                // direct downloads check every resolved address (`server::guard`).
+                super::guard::check_literal(url).map_err(|e| Fail::Track(e.to_string()))?;
+            }
             if download::is_direct_audio(url) {
                 let ext = url
                     .split(['?', '#'])

@@ -3,7 +3,7 @@
 //! itself), prints each result as it arrives.
 //!
 //!     chaarfm-mock-server [--port 8765] [--protocol2 SLOTS] [--code TEST42] DIR
-//!     chaarfm-super --url http://127.0.0.1:8765 --code TEST42
+//!     chaarfm-super --url http://127.0.0.1:8765 --code TEST42 --allow-private-urls
 use std::time::Duration;
 
 use chaarfm_tests::mock::{Mock, MockConfig};
@@ -43,7 +43,7 @@ fn main() {
         mock.add_audio_job(f);
     }
     println!(
-        "mock ChaarFM on {} with {} job(s); run: chaarfm-super --url {} --code {code}",
+        "mock ChaarFM on {} with {} job(s); run: chaarfm-super --url {} --code {code} --allow-private-urls",
         mock.base_url(),
         files.len(),
         mock.base_url()
