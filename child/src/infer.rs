@@ -128,10 +128,11 @@ pub struct Musicnn {
     device: Device,
 }
 
-/// Frames of new timbral output the shared engine computes per front-end call: bounds
-/// memory (~150 MiB of activations at 512; a whole 13,000-frame track at once takes
-/// 2 GiB) at the same speed.
-const FRONT_CHUNK: usize = 512;
+/// Frames of new timbral output the shared engine computes per front-end call. Measured
+/// (embed bench): at 512 a child peaks at 170-180 MB (210 MB on a 30-minute file), at
+/// 128 at the per-patch engine's 90-100 MB (134 MB) and no slower (the 6 halo frames cost
+/// 5%, smaller activations stay in cache); a whole track at once takes 2 GiB.
+const FRONT_CHUNK: usize = 128;
 
 impl Musicnn {
     /// Loads and verifies the model at `path`, then builds the engine's sessions.

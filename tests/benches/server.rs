@@ -2,7 +2,8 @@
 //! connection semantics, or protocol 2 with `--protocol2`) serves the corpus x4 as download
 //! jobs; `chaarfm-super --workers auto` downloads, embeds and returns them. Prints x realtime.
 //!
-//! Run: `cargo bench -p chaarfm-tests --bench server [-- --protocol2]` (after `cargo build --release`).
+//! Run: `cargo bench -p chaarfm-tests --bench server [-- --protocol2] [--engine patch|shared]`
+//! (after `cargo build --release`).
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,13 @@ use chaarfm_tests::mock::{Mock, MockConfig};
 use chaarfm_tests::{binary, corpus_dir, references, TempDir};
 
 fn main() -> anyhow::Result<()> {
-    let p2 = std::env::args().any(|a| a == "--protocol2");
+    let args: Vec<String> = std::env::args().collect();
+    let p2 = args.iter().any(|a| a == "--protocol2");
+    let engine = args
+        .iter()
+        .position(|a| a == "--engine")
+        .and_then(|i| args.get(i + 1))
+        .map_or("shared", String::as_str);
     let audio = TempDir::new("bench-server-audio");
     let mut seconds = 0.0;
     let mut names = Vec::new();
@@ -41,6 +48,8 @@ fn main() -> anyhow::Result<()> {
             "--workers",
             "auto",
             "--allow-private-urls",
+            "--engine",
+            engine,
             "--state-dir",
         ])
         .arg(state.path())
@@ -59,7 +68,7 @@ fn main() -> anyhow::Result<()> {
     );
     let stored = mock.stored().len();
     println!(
-        "{} mode: {} jobs ({seconds:.0} s of audio) in {wall:.1} s = {:.1}x realtime end to end over loopback, {stored} stored, {} connection(s)",
+        "{} mode, --engine {engine}: {} jobs ({seconds:.0} s of audio) in {wall:.1} s = {:.1}x realtime end to end over loopback, {stored} stored, {} connection(s)",
         if p2 { "protocol-2" } else { "legacy" },
         names.len(),
         seconds / wall,
