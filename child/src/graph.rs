@@ -213,12 +213,7 @@ pub struct Cut {
 /// A model with only the nodes that compute `cut.outputs` from `cut.inputs`, and the
 /// initializers they use. Everything else (opsets, IR version, metadata) is copied.
 pub fn extract(model: &[u8], cut: &Cut) -> Result<Vec<u8>, GraphError> {
-    let top = fields(model)?;
-    let graph = top
-        .iter()
-        .find(|f| f.number == 7 && f.wire == 2)
-        .ok_or(GraphError::Malformed("no graph"))?;
-    let gfields = fields(graph.payload)?;
+    let (top, gfields) = split_model(model)?;
     let mut nodes = Vec::new();
     for f in gfields.iter().filter(|f| f.number == 1 && f.wire == 2) {
         nodes.push(node(f.payload)?);
@@ -297,15 +292,31 @@ pub fn extract(model: &[u8], cut: &Cut) -> Result<Vec<u8>, GraphError> {
     for p in &cut.outputs {
         put_bytes(&mut g, 12, &value_info(p));
     }
-    let mut out = Vec::with_capacity(model.len());
-    for f in &top {
+    Ok(with_graph(&top, &g))
+}
+
+/// A model's top-level fields and its graph's fields (`ModelProto.graph` is field 7).
+fn split_model(model: &[u8]) -> Result<(Vec<Field<'_>>, Vec<Field<'_>>), GraphError> {
+    let top = fields(model)?;
+    let graph = top
+        .iter()
+        .find(|f| f.number == 7 && f.wire == 2)
+        .ok_or(GraphError::Malformed("no graph"))?;
+    let gfields = fields(graph.payload)?;
+    Ok((top, gfields))
+}
+
+/// The model of `top` with its graph replaced by `graph`.
+fn with_graph(top: &[Field], graph: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for f in top {
         if f.number == 7 {
-            put_bytes(&mut out, 7, &g);
+            put_bytes(&mut out, 7, graph);
         } else {
             put_field(&mut out, f);
         }
     }
-    Ok(out)
+    out
 }
 
 /// A 2-D convolution whose kernel spans the whole width of its input (`[O, 1, K, C]`
@@ -401,12 +412,7 @@ fn node_proto(
 /// `Unsqueeze` to the old output's shape; the old reshapes in front become unused (and
 /// are dropped by [`extract`]).
 pub fn conv_as_1d(model: &[u8], rw: &Conv1d) -> Result<Vec<u8>, GraphError> {
-    let top = fields(model)?;
-    let graph = top
-        .iter()
-        .find(|f| f.number == 7 && f.wire == 2)
-        .ok_or(GraphError::Malformed("no graph"))?;
-    let gfields = fields(graph.payload)?;
+    let (top, gfields) = split_model(model)?;
     let conv = gfields
         .iter()
         .filter(|f| f.number == 1 && f.wire == 2)
@@ -494,15 +500,7 @@ pub fn conv_as_1d(model: &[u8], rw: &Conv1d) -> Result<Vec<u8>, GraphError> {
         5,
         &tensor_proto(&axes, &[1], 7, &3i64.to_le_bytes()),
     );
-    let mut model_out = Vec::with_capacity(model.len() + raw.len());
-    for f in &top {
-        if f.number == 7 {
-            put_bytes(&mut model_out, 7, &g);
-        } else {
-            put_field(&mut model_out, f);
-        }
-    }
-    Ok(model_out)
+    Ok(with_graph(&top, &g))
 }
 
 #[cfg(test)]
