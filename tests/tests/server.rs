@@ -471,8 +471,12 @@ fn chaos(protocol2: Option<usize>) {
         stderr.lines().rev().take(20).collect::<Vec<_>>().join("\n")
     );
     assert_eq!(code, Some(0));
+    // The chaos happened: children killed, and connections dropped and reopened. Protocol 2
+    // has one connection whose reconnect backoff grows (2 s, 3 s, 4.5 s...), so a fast run
+    // sees few reconnects: one drop is the proof there (legacy opens 4 lanes, each dropped).
+    let reopened = if protocol2.is_some() { 2 } else { 6 };
     assert!(
-        kills >= 3 && mock.connections() >= 6,
+        kills >= 3 && mock.connections() >= reopened,
         "not much chaos: {kills} kills, {} connections",
         mock.connections()
     );
