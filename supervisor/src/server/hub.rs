@@ -175,6 +175,9 @@ impl State {
                     l.busy += 1;
                 }
                 self.start(lane, job);
+                // The lane reads its view as soon as it hears back: publish first, so
+                // the count is right whatever the runtime's threading.
+                self.publish();
                 let _ = taken.send(());
             }
             Event::Settled(key, end) => {
