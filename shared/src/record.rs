@@ -1,5 +1,7 @@
 //! The JSON line written per file by `embed` and `ingest`.
 
+use std::collections::HashSet;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -104,9 +106,73 @@ impl Record {
     }
 }
 
+/// Longest line read back from ingest's output (a record is ~4 KB); longer ones are skipped.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// The files an earlier `ingest` run already wrote records for: each record's path and
+/// file stamp, so a rerun skips them. Lines that do not parse (a write cut short by a
+/// crash, a line over [`MAX_LINE`]) are skipped: that file is simply done again.
+pub fn done_files(r: &mut impl BufRead) -> std::io::Result<HashSet<(JsonPath, FileStamp)>> {
+    let mut done = HashSet::new();
+    let mut line = Vec::new();
+    while read_line_capped(r, &mut line, MAX_LINE)? {
+        if let Ok(rec) = serde_json::from_slice::<Record>(&line) {
+            if let Some(s) = rec.file() {
+                done.insert((rec.path().clone(), s));
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Reads one line of at most `cap` bytes into `buf` (a longer one is skipped whole and
+/// comes back empty); `Ok(false)` at the end.
+pub fn read_line_capped(
+    r: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    cap: usize,
+) -> std::io::Result<bool> {
+    buf.clear();
+    let mut too_long = false;
+    let mut any = false;
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(any);
+        }
+        any = true;
+        let (take, end) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (chunk.len(), false),
+        };
+        if !too_long && buf.len() + take <= cap {
+            buf.extend_from_slice(&chunk[..take]);
+        } else {
+            too_long = true;
+            buf.clear();
+        }
+        r.consume(take + usize::from(end));
+        if end {
+            return Ok(true);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resume_lines_are_read_with_a_cap() {
+        let text = format!("short\n{}\nafter\nlast", "x".repeat(100));
+        let mut r = std::io::BufReader::with_capacity(7, text.as_bytes());
+        let mut buf = Vec::new();
+        let mut lines = Vec::new();
+        while read_line_capped(&mut r, &mut buf, 50).unwrap() {
+            lines.push(String::from_utf8(buf.clone()).unwrap());
+        }
+        assert_eq!(lines, ["short", "", "after", "last"]);
+    }
 
     #[test]
     fn records_round_trip_in_their_documented_shape() {

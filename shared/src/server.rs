@@ -183,6 +183,28 @@ pub enum Outcome {
     Failed { error: String },
 }
 
+/// One result waiting in the outbox (`--state-dir/outbox/<job>.json`) until the server
+/// has processed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub job_id: String,
+    /// The connection (lane) that got the job: its result goes back on it, so that a
+    /// legacy server frees that connection for its next job.
+    pub lane: usize,
+    pub msg: WorkerMsg,
+}
+
+impl OutboxEntry {
+    /// Largest outbox file read back (a result is ~4 KB).
+    pub const MAX_BYTES: u64 = 1 << 20;
+
+    /// Parses an outbox file's bytes; `None` if they are not an entry (a file damaged
+    /// outside this program: the outbox moves it aside).
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

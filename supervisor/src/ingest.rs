@@ -6,13 +6,13 @@
 //! summary is printed, exit 0. A second one exits at once.
 
 use std::collections::HashSet;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::Context;
-use chaarfm_shared::record::{FileStamp, JsonPath, Record};
+use chaarfm_shared::record::{done_files, FileStamp, JsonPath};
 
 use crate::cli::IngestArgs;
 use crate::{batch, embed, launch, Outcome};
@@ -88,9 +88,6 @@ pub fn stamp(p: &Path) -> Option<FileStamp> {
     })
 }
 
-/// Longest line read back from the output (a record is ~4 KB); longer ones are skipped.
-const MAX_LINE: usize = 1 << 20;
-
 /// `--out` must be a regular file, or not exist yet: appending to a device, FIFO or
 /// terminal (`/dev/full`, `/dev/stdout`) cannot be resumed from.
 fn check_out(out: &Path) -> anyhow::Result<()> {
@@ -103,58 +100,18 @@ fn check_out(out: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Reads one line of at most `cap` bytes into `buf` (a longer one is skipped whole and
-/// comes back empty); `Ok(false)` at the end.
-fn read_line_capped(r: &mut impl BufRead, buf: &mut Vec<u8>, cap: usize) -> std::io::Result<bool> {
-    buf.clear();
-    let mut too_long = false;
-    let mut any = false;
-    loop {
-        let chunk = r.fill_buf()?;
-        if chunk.is_empty() {
-            return Ok(any);
-        }
-        any = true;
-        let (take, end) = match chunk.iter().position(|&b| b == b'\n') {
-            Some(i) => (i, true),
-            None => (chunk.len(), false),
-        };
-        if !too_long && buf.len() + take <= cap {
-            buf.extend_from_slice(&chunk[..take]);
-        } else {
-            too_long = true;
-            buf.clear();
-        }
-        r.consume(take + usize::from(end));
-        if end {
-            return Ok(true);
-        }
-    }
-}
-
 type DoneSet = HashSet<(JsonPath, FileStamp)>;
 
 /// Files already in the output, and whether its last line lacks a newline (a write cut
 /// short by a crash): the next record must then start on a fresh line.
 fn already_done(out: &Path) -> anyhow::Result<(DoneSet, bool)> {
-    let mut done = HashSet::new();
     let f = match std::fs::File::open(out) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((done, false)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((HashSet::new(), false)),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", out.display())),
     };
-    let mut r = std::io::BufReader::new(f);
-    let mut line = Vec::new();
-    while read_line_capped(&mut r, &mut line, MAX_LINE)
-        .with_context(|| format!("cannot read {}", out.display()))?
-    {
-        // A line cut short by a crash does not parse: that file is simply done again.
-        if let Ok(rec) = serde_json::from_slice::<Record>(&line) {
-            if let Some(s) = rec.file() {
-                done.insert((rec.path().clone(), s));
-            }
-        }
-    }
+    let done = done_files(&mut std::io::BufReader::new(f))
+        .with_context(|| format!("cannot read {}", out.display()))?;
     let len = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
     let needs_newline = len > 0 && {
         use std::io::{Read, Seek, SeekFrom};
@@ -358,18 +315,6 @@ impl Appender {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn resume_lines_are_read_with_a_cap() {
-        let text = format!("short\n{}\nafter\nlast", "x".repeat(100));
-        let mut r = std::io::BufReader::with_capacity(7, text.as_bytes());
-        let mut buf = Vec::new();
-        let mut lines = Vec::new();
-        while read_line_capped(&mut r, &mut buf, 50).unwrap() {
-            lines.push(String::from_utf8(buf.clone()).unwrap());
-        }
-        assert_eq!(lines, ["short", "", "after", "last"]);
-    }
 
     #[test]
     fn one_folder_named_three_ways_is_walked_once_and_bad_paths_are_skipped() {

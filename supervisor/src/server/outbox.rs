@@ -12,18 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use chaarfm_shared::server::WorkerMsg;
-use serde::{Deserialize, Serialize};
-
-/// One pending result.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Entry {
-    pub job_id: String,
-    /// The connection (lane) that got the job: its result goes back on it, so that a
-    /// legacy server frees that connection for its next job.
-    pub lane: usize,
-    pub msg: WorkerMsg,
-}
+pub use chaarfm_shared::server::OutboxEntry as Entry;
 
 #[derive(Debug)]
 struct Held {
@@ -243,18 +232,15 @@ impl Outbox {
     }
 }
 
-/// Largest outbox file read back (a result is ~4 KB).
-const MAX_ENTRY: u64 = 1 << 20;
-
 fn read_entry(p: &Path) -> Option<Entry> {
     use std::io::Read;
     let mut bytes = Vec::new();
     std::fs::File::open(p)
         .ok()?
-        .take(MAX_ENTRY)
+        .take(Entry::MAX_BYTES)
         .read_to_end(&mut bytes)
         .ok()?;
-    serde_json::from_slice(&bytes).ok()
+    Entry::parse(&bytes)
 }
 
 /// Writes `entry` to `path` atomically; a failed write leaves no temporary file. The
@@ -281,7 +267,7 @@ fn write_entry(path: &Path, entry: &Entry) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chaarfm_shared::server::{JobResult, Outcome};
+    use chaarfm_shared::server::{JobResult, Outcome, WorkerMsg};
 
     fn entry(id: &str, lane: usize) -> Entry {
         Entry {
