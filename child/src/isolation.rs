@@ -34,6 +34,36 @@ pub fn harden(_parent_pid: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// Lowers this process's CPU priority to niceness `nice` (0 leaves it as is) and returns
+/// the niceness it runs at. The children do the heavy work: on an idle machine they still
+/// get every free cycle, and a desktop left running overnight stays responsive (BOINC's
+/// choice too). Never raises priority: a process already nicer keeps its own. Call it
+/// before starting threads (on Linux niceness is per thread, inherited by new ones).
+#[cfg(unix)]
+pub fn lower_priority(nice: i32) -> Result<i32, String> {
+    use nix::errno::Errno;
+    use nix::libc;
+    Errno::clear();
+    // SAFETY: getpriority only reads the calling process's niceness; no pointers.
+    let current = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    if current == -1 && Errno::last_raw() != 0 {
+        return Err(format!("getpriority: {}", Errno::last()));
+    }
+    if current >= nice {
+        return Ok(current);
+    }
+    // SAFETY: setpriority only changes the calling process's niceness; no pointers.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        return Err(format!("setpriority({nice}): {}", Errno::last()));
+    }
+    Ok(nice)
+}
+
+#[cfg(not(unix))]
+pub fn lower_priority(_nice: i32) -> Result<i32, String> {
+    Ok(0)
+}
+
 /// Peak resident memory of this process in KiB (0 where the platform does not say).
 /// On Linux from `VmHWM`, which starts afresh at exec; `ru_maxrss` would carry over the
 /// peak of the process that forked us.
@@ -62,5 +92,27 @@ pub fn peak_rss_kib() -> u64 {
     #[cfg(not(unix))]
     {
         0
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    #[test]
+    fn priority_is_lowered_and_never_raised() {
+        // Run in a thread of its own: on Linux niceness is per thread, so the test
+        // harness's other threads are left alone.
+        std::thread::spawn(|| {
+            assert_eq!(
+                super::lower_priority(0),
+                Ok(super::lower_priority(0).unwrap())
+            );
+            let start = super::lower_priority(0).unwrap();
+            let want = (start + 3).min(19);
+            assert_eq!(super::lower_priority(want), Ok(want));
+            // Asking for less than it has leaves it nicer.
+            assert_eq!(super::lower_priority(want - 2), Ok(want));
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -23,6 +23,8 @@ pub struct ServeArgs {
     pub threads: usize,
     pub batch: usize,
     pub engine: crate::Engine,
+    /// Niceness to run at (`isolation::lower_priority`); 0 leaves it.
+    pub nice: i32,
 }
 
 /// The local-socket name for `s`: a file path on Unix, a named pipe on Windows.
@@ -64,6 +66,10 @@ fn send(w: &Writer, msg: &FromChild) -> Result<(), ipc::FrameError> {
 
 /// Runs the child until shutdown; returns the process exit status.
 pub fn run(args: ServeArgs) -> i32 {
+    // First, before any thread starts: new threads inherit the niceness.
+    if let Err(e) = isolation::lower_priority(args.nice) {
+        tracing::warn!(error = %e, nice = args.nice, "cannot lower the child's priority");
+    }
     if let Err(e) = isolation::harden(args.parent_pid) {
         tracing::error!(error = %e, "child cannot start");
         return exit::NO_SUPERVISOR;

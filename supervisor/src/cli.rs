@@ -117,6 +117,12 @@ pub struct PoolArgs {
     /// or `patch` (the whole model per patch, as Essentia does). Same vectors.
     #[arg(long, default_value = "shared", value_parser = parse_engine)]
     pub engine: chaarfm_child::Engine,
+
+    /// CPU niceness of the children (Unix), 0-19: 10 by default, so a desktop stays
+    /// responsive while they work and an idle machine still gives them every cycle; 0
+    /// runs them at the supervisor's own priority. Never raises priority.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub child_nice: i32,
 }
 
 fn parse_engine(s: &str) -> Result<chaarfm_child::Engine, String> {
@@ -194,6 +200,8 @@ pub struct ChildArgs {
     pub batch: usize,
     #[arg(long, default_value = "shared", value_parser = parse_engine)]
     pub engine: chaarfm_child::Engine,
+    #[arg(long, default_value_t = 0)]
+    pub nice: i32,
 }
 
 #[cfg(test)]
@@ -213,6 +221,7 @@ mod tests {
                 threads: 2,
                 batch: 32,
                 engine: chaarfm_child::Engine::Patch,
+                nice: 7,
             },
         };
         let mut argv = vec![std::ffi::OsString::from("chaarfm-super")];
@@ -227,6 +236,7 @@ mod tests {
         assert_eq!(a.device, "cuda:1");
         assert_eq!((a.threads, a.batch), (2, 32));
         assert_eq!(a.engine, chaarfm_child::Engine::Patch);
+        assert_eq!(a.nice, 7);
     }
 
     #[test]
@@ -236,6 +246,8 @@ mod tests {
             &["x", "embed", "--max-jobs-per-child", "0", "f.wav"],
             &["x", "embed", "--max-child-memory", "64", "f.wav"],
             &["x", "embed", "--workers", "0", "f.wav"],
+            &["x", "embed", "--child-nice", "20", "f.wav"],
+            &["x", "embed", "--child-nice", "-1", "f.wav"],
         ] {
             let e = Cli::try_parse_from(bad).expect_err("accepted");
             assert!(!e.to_string().is_empty());

@@ -17,18 +17,21 @@ use crate::sizing;
 const GPU_BATCH: usize = 32;
 
 /// The children of `plan`: GPU children first (one per device), then CPU ones.
-fn child_specs(plan: &sizing::Plan, engine: chaarfm_child::Engine) -> Vec<ChildSpec> {
+fn child_specs(plan: &sizing::Plan, args: &PoolArgs) -> Vec<ChildSpec> {
+    let (engine, nice) = (args.engine, args.child_nice);
     let gpu = plan.gpu_children.iter().map(|&i| ChildSpec {
         device: Device::Cuda(i),
         threads: 1,
         batch: GPU_BATCH,
         engine,
+        nice,
     });
     let cpu = (0..plan.cpu_children).map(|_| ChildSpec {
         device: Device::Cpu,
         threads: 1,
         batch: 1,
         engine,
+        nice,
     });
     gpu.chain(cpu).collect()
 }
@@ -56,7 +59,7 @@ pub fn start_pool(
         tracing::warn!("{w}");
     }
     tracing::info!("workers: {}", plan.reasons);
-    let children = child_specs(&plan, args.engine);
+    let children = child_specs(&plan, args);
     let n = children.len().max(1) as u64;
     let max_child_memory_mb = args
         .max_child_memory
@@ -100,7 +103,16 @@ mod tests {
             warnings: Vec::new(),
         };
         for engine in [Engine::Shared, Engine::Patch] {
-            let specs = child_specs(&plan, engine);
+            let args = PoolArgs {
+                workers: crate::sizing::Workers::Auto,
+                device: crate::sizing::DeviceChoice::Auto,
+                job_timeout: None,
+                max_child_memory: None,
+                max_jobs_per_child: None,
+                engine,
+                child_nice: 10,
+            };
+            let specs = child_specs(&plan, &args);
             let got: Vec<(Device, usize)> = specs.iter().map(|s| (s.device, s.batch)).collect();
             assert_eq!(
                 got,
@@ -111,7 +123,9 @@ mod tests {
                     (Device::Cpu, 1)
                 ]
             );
-            assert!(specs.iter().all(|s| s.engine == engine && s.threads == 1));
+            assert!(specs
+                .iter()
+                .all(|s| s.engine == engine && s.threads == 1 && s.nice == 10));
         }
     }
 }

@@ -150,6 +150,7 @@ fn child(args: &cli::ChildArgs, model: Option<&std::path::Path>) -> ExitCode {
         threads: args.threads,
         batch: args.batch,
         engine: args.engine,
+        nice: args.nice,
     });
     ExitCode::from(code.clamp(0, 255) as u8)
 }

@@ -216,6 +216,15 @@ pub fn children_of(parent: u32) -> Vec<u32> {
     out
 }
 
+/// The niceness of a process (Linux: /proc), `None` if it is gone.
+#[cfg(target_os = "linux")]
+pub fn nice_of(pid: u32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name: state is field 3, nice field 19.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(16)?.parse().ok()
+}
+
 /// Whether a process exists and is not a zombie (Linux: /proc).
 #[cfg(target_os = "linux")]
 pub fn alive(pid: u32) -> bool {

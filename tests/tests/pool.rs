@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use chaarfm_shared::record::Record;
 use chaarfm_tests::{
-    alive, binary, children_of, kill_random_child, make_clips, read_records, run_super, wait_until,
-    Spawned, TempDir,
+    alive, binary, children_of, kill_random_child, make_clips, nice_of, read_records, run_super,
+    wait_until, Spawned, TempDir,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -231,4 +231,47 @@ fn sigterm_drains_exits_zero_and_a_rerun_finishes_the_rest() {
     let again = run_super(&ingest_args(&out, &["--workers", "2"], &clips), &[]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"));
     assert_eq!(read_records(&out).len(), clips.len());
+}
+
+#[test]
+fn children_run_at_the_niceness_asked_and_the_supervisor_at_its_own() {
+    let dir = TempDir::new("nice");
+    let clips = make_clips(dir.path(), 1);
+    let hang = dir.join("hang-track.wav");
+    std::fs::copy(&clips[0], &hang).unwrap();
+    let own = nice_of(std::process::id()).expect("own niceness");
+    let want = (own + 7).min(19);
+    let mut cmd = Command::new(binary());
+    cmd.args([
+        "embed",
+        "--workers",
+        "2",
+        "--job-timeout",
+        "600",
+        "--child-nice",
+    ])
+    .arg(want.to_string())
+    .arg(&hang)
+    .env("CHAARFM_FAULT", "hang=hang-track");
+    let mut sup = Spawned::spawn(cmd);
+    let pid = sup.id();
+    // Both children up (one holds the hanging job), each lowered itself before serving.
+    let saw = wait_until(Duration::from_secs(60), || {
+        let kids = children_of(pid);
+        kids.len() == 2 && kids.iter().all(|&k| nice_of(k) == Some(want))
+    });
+    let kids = children_of(pid);
+    let nices: Vec<_> = kids.iter().map(|&k| nice_of(k)).collect();
+    let sup_nice = nice_of(pid);
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    let _ = sup.child.wait();
+    assert!(
+        saw,
+        "children {kids:?} at niceness {nices:?}, wanted {want}"
+    );
+    assert_eq!(sup_nice, Some(own), "the supervisor's own priority changed");
+    // PDEATHSIG takes the children with the supervisor.
+    assert!(wait_until(Duration::from_secs(30), || kids
+        .iter()
+        .all(|&k| !alive(k))));
 }

@@ -21,6 +21,8 @@ pub struct ChildSpec {
     pub threads: usize,
     pub batch: usize,
     pub engine: chaarfm_child::Engine,
+    /// Niceness the child runs at (Unix; 0: the supervisor's own).
+    pub nice: i32,
 }
 
 /// Identifies one incarnation of one slot: a respawned child gets a new generation, so
@@ -214,6 +216,7 @@ impl ChildCommand {
         push("--threads", self.spec.threads.to_string().into());
         push("--batch", self.spec.batch.to_string().into());
         push("--engine", self.spec.engine.to_string().into());
+        push("--nice", self.spec.nice.to_string().into());
         let mut all = vec![std::ffi::OsString::from("__child")];
         all.extend(a);
         all

@@ -99,6 +99,7 @@ fn start(children: usize) -> Harness {
                 threads: 1,
                 batch: 1,
                 engine: chaarfm_child::Engine::Shared,
+                nice: 0,
             })
             .collect(),
         job_timeout: None,
