@@ -9,7 +9,7 @@
 # messages; corpora and crash artifacts stay in tests/fuzz/{corpus,artifacts} (not
 # committed). Every input is bounded: 10 s (-timeout) and 2 GiB RSS (-rss_limit_mb).
 # A crash found here becomes a regression test in the normal suite
-# (tests/tests/fuzz_regressions.rs).
+# (fuzz_regression_* in shared/tests/roundtrip.rs, or beside the code it broke).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 fuzz="$root/tests/fuzz"
