@@ -66,6 +66,11 @@ struct State {
     queue: VecDeque<(String, Value)>,
     /// Keys of jobs out with workers.
     out_keys: HashSet<String>,
+    /// Jobs out with workers, by id: a restarted server puts them back in the queue.
+    assigned: HashMap<String, Value>,
+    /// Successful results that storage skipped because that track was stored already
+    /// (a result delivered twice).
+    duplicates: usize,
     received: Vec<Received>,
     /// Storage: youtube_id -> vector, with (artist, title) dedupe as the server does.
     stored: HashMap<String, Vec<f64>>,
@@ -98,6 +103,7 @@ fn job_key(payload: &Value) -> String {
 pub struct Mock {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    cfg: Arc<MockConfig>,
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -109,27 +115,51 @@ impl Mock {
 
     /// Starts the mock, or says why its port could not be bound.
     pub fn try_start(cfg: MockConfig) -> std::io::Result<Mock> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        let listener = rt.block_on(TcpListener::bind(("127.0.0.1", cfg.port)))?;
-        let addr = listener.local_addr().expect("mock address");
         let state = Arc::new(Mutex::new(State::default()));
-        let (st, cfg) = (Arc::clone(&state), Arc::new(cfg));
-        rt.spawn(async move {
-            loop {
-                let Ok((sock, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(handle(sock, Arc::clone(&st), Arc::clone(&cfg)));
-            }
-        });
+        let cfg = Arc::new(cfg);
+        let (rt, addr) = serve(&state, &cfg, cfg.port)?;
         Ok(Mock {
             addr,
             state,
+            cfg,
             rt: Some(rt),
         })
+    }
+
+    /// Stops and starts again on the same port, as a restarted server whose database
+    /// survives: the queue and storage stay, every connection closes, and the jobs that
+    /// were out with workers go back to the front of the queue.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.stop();
+        {
+            let mut s = self.state.lock().unwrap();
+            let out: Vec<(String, Value)> = s.assigned.drain().collect();
+            s.out_keys.clear();
+            s.requeued += out.len();
+            for job in out {
+                s.queue.push_front(job);
+            }
+        }
+        // The port was just freed; bind it again (a few tries: the OS may lag).
+        let mut last = None;
+        for _ in 0..50 {
+            match serve(&self.state, &self.cfg, self.addr.port()) {
+                Ok((rt, _)) => {
+                    self.rt = Some(rt);
+                    return Ok(());
+                }
+                Err(e) => {
+                    last = Some(e);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("cannot bind")))
+    }
+
+    /// Successful results storage skipped as already stored (deliveries twice).
+    pub fn duplicates(&self) -> usize {
+        self.state.lock().unwrap().duplicates
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -148,7 +178,13 @@ impl Mock {
 
     /// A download job for `/audio/<file>` on this mock.
     pub fn add_audio_job(&self, file: &str) -> String {
-        let url = format!("{}/audio/{file}", self.base_url());
+        self.add_audio_job_from(&self.base_url(), file)
+    }
+
+    /// A download job for `/audio/<file>` on the mock at `base` (a separate audio host,
+    /// as YouTube is for ChaarFM: restarting this one leaves downloads alone).
+    pub fn add_audio_job_from(&self, base: &str, file: &str) -> String {
+        let url = format!("{base}/audio/{file}");
         self.add_job(
             json!({"artist": null, "title": null, "table_name": "tracks", "youtube_url": url}),
         )
@@ -230,6 +266,30 @@ impl Drop for Mock {
     }
 }
 
+/// A runtime serving the mock on `port` (0: any free port).
+fn serve(
+    state: &Arc<Mutex<State>>,
+    cfg: &Arc<MockConfig>,
+    port: u16,
+) -> std::io::Result<(tokio::runtime::Runtime, SocketAddr)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listener = rt.block_on(TcpListener::bind(("127.0.0.1", port)))?;
+    let addr = listener.local_addr()?;
+    let (st, cfg) = (Arc::clone(state), Arc::clone(cfg));
+    rt.spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(handle(sock, Arc::clone(&st), Arc::clone(&cfg)));
+        }
+    });
+    Ok((rt, addr))
+}
+
 async fn handle(mut sock: TcpStream, st: Arc<Mutex<State>>, cfg: Arc<MockConfig>) {
     // Route on the request line without consuming it (the WebSocket handshake reads it).
     let mut head = [0u8; 512];
@@ -295,6 +355,7 @@ fn take_job(st: &Mutex<State>) -> Option<(String, Value)> {
         .position(|(_, p)| !s.out_keys.contains(&job_key(p)))?;
     let (id, payload) = s.queue.remove(pos)?;
     s.out_keys.insert(job_key(&payload));
+    s.assigned.insert(id.clone(), payload.clone());
     Some((id, payload))
 }
 
@@ -303,6 +364,7 @@ fn requeue_front(st: &Mutex<State>, jobs: Vec<(String, Value)>) {
     s.requeued += jobs.len();
     for (id, payload) in jobs.into_iter().rev() {
         s.out_keys.remove(&job_key(&payload));
+        s.assigned.remove(&id);
         s.queue.push_front((id, payload));
     }
 }
@@ -326,6 +388,7 @@ fn store(s: &mut State, msg: &Value) {
         .unwrap_or("")
         .to_lowercase();
     if s.stored.contains_key(yt) || !s.stored_titles.insert((artist, title)) {
+        s.duplicates += 1;
         return; // the server's storage skips duplicates
     }
     s.stored.insert(
@@ -425,7 +488,9 @@ async fn worker(sock: TcpStream, st: Arc<Mutex<State>>, cfg: Arc<MockConfig>) {
                         let id = v.get("job_id").and_then(Value::as_str).unwrap_or("").to_string();
                         let known = if let Some(i) = outstanding.iter().position(|(j, _)| *j == id) {
                             let (_, payload) = outstanding.remove(i);
-                            st.lock().unwrap().out_keys.remove(&job_key(&payload));
+                            let mut s = st.lock().unwrap();
+                            s.out_keys.remove(&job_key(&payload));
+                            s.assigned.remove(&id);
                             true
                         } else {
                             false

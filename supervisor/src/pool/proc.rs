@@ -105,7 +105,6 @@ pub struct ProcSpawner {
     pub exe: PathBuf,
     pub model: PathBuf,
     pub runtime_dir: PathBuf,
-    sys: sysinfo::System,
 }
 
 impl ProcSpawner {
@@ -114,7 +113,6 @@ impl ProcSpawner {
             exe,
             model,
             runtime_dir,
-            sys: sysinfo::System::new(),
         }
     }
 }
@@ -139,15 +137,18 @@ impl Spawner for ProcSpawner {
     fn rss_mb(&mut self, pids: &[u32]) -> Vec<(u32, u64)> {
         use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate};
         let ids: Vec<Pid> = pids.iter().map(|&p| Pid::from_u32(p)).collect();
-        self.sys.refresh_processes_specifics(
+        // A fresh System each time: a long-lived one keeps every process it ever saw,
+        // with its /proc/<pid>/stat open (on Linux), so each child that died leaked a
+        // descriptor (found by the soak).
+        let mut sys = sysinfo::System::new();
+        sys.refresh_processes_specifics(
             ProcessesToUpdate::Some(&ids),
             true,
             ProcessRefreshKind::nothing().with_memory(),
         );
         pids.iter()
             .filter_map(|&p| {
-                self.sys
-                    .process(Pid::from_u32(p))
+                sys.process(Pid::from_u32(p))
                     .map(|pr| (p, pr.memory() / (1 << 20)))
             })
             .collect()
