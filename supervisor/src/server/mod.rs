@@ -91,8 +91,8 @@ pub fn worker_url(base: &str, code: &str) -> anyhow::Result<String> {
     Ok(format!("{ws}/ws/remote/{code}/worker"))
 }
 
-/// The reconnect delay: 2 s, x1.5 per failure, at most 60 s; reset after a stable
-/// connection (`server::reconnect`).
+/// The reconnect delay: 2 s, x1.5 per failure, at most 60 s; reset after a connection
+/// that was stable or useful ([`Backoff::after_connection`]).
 #[derive(Debug, Clone)]
 pub struct Backoff {
     next: Duration,
@@ -115,6 +115,19 @@ impl Backoff {
 
     pub fn reset(&mut self) {
         *self = Self::default();
+    }
+
+    /// The delay after a connection ends. One that lasted 30 s, or over which the server
+    /// did its part (a job, a welcome or an ack came), shows the server works: the next
+    /// attempt comes after the shortest delay. A server that drops every connection
+    /// before doing anything gets ever longer ones. (Resetting only after 30 s let a
+    /// server that drops connections every 5 s push every lane to 60 s waits, stalling
+    /// the worker for minutes: found by the soak.)
+    pub fn after_connection(&mut self, lasted: Duration, useful: bool) -> Duration {
+        if useful || lasted > Duration::from_secs(30) {
+            self.reset();
+        }
+        self.next_delay()
     }
 }
 
@@ -459,7 +472,8 @@ async fn lane(ctx: Arc<Ctx>, hub: Hub, mut me: LaneHandle) {
             }
         };
         let since = Instant::now();
-        match serve_connection(&ctx, &hub, &mut me, ws, &mut draining).await {
+        let mut useful = false;
+        match serve_connection(&ctx, &hub, &mut me, ws, &mut draining, &mut useful).await {
             Ended::Drained => return,
             Ended::HandedBack => {
                 tracing::debug!(lane = id, "connection closed to hand a job back");
@@ -467,10 +481,7 @@ async fn lane(ctx: Arc<Ctx>, hub: Hub, mut me: LaneHandle) {
             }
             Ended::Lost(why) => tracing::warn!(lane = id, %why, "connection lost; reconnecting"),
         }
-        if since.elapsed() > Duration::from_secs(30) {
-            backoff.reset();
-        }
-        let d = backoff.next_delay();
+        let d = backoff.after_connection(since.elapsed(), useful);
         let _ = wait_or_drain(&mut draining, d).await;
     }
 }
@@ -493,6 +504,7 @@ async fn serve_connection(
     me: &mut LaneHandle,
     ws: Ws,
     draining: &mut watch::Receiver<bool>,
+    useful: &mut bool,
 ) -> Ended {
     let id = me.id;
     let (mut sink, mut stream) = ws.split();
@@ -595,12 +607,17 @@ async fn serve_connection(
                         }
                     }
                     Incoming::Welcome { protocol, slots } if protocol >= PROTOCOL => {
+                        *useful = true;
                         hub.processed(std::mem::take(&mut unproven));
                         let _ = ctx.welcome.send(Some(slots));
                     }
                     Incoming::Welcome { protocol, .. } => tracing::warn!(protocol, "welcome for an unknown protocol; ignored"),
-                    Incoming::Ack { job_id } => hub.processed(vec![job_id]),
+                    Incoming::Ack { job_id } => {
+                        *useful = true;
+                        hub.processed(vec![job_id]);
+                    }
                     Incoming::Job(job) => {
+                        *useful = true;
                         // Today's server sends the next job only once it has handled
                         // the last result on this connection.
                         hub.processed(std::mem::take(&mut unproven));
@@ -702,5 +719,25 @@ async fn keepalive(ctx: Arc<Ctx>) {
             Err(_) => {}
         }
         tokio::time::sleep(KEEPALIVE).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_on_failures_and_resets_after_a_stable_or_useful_connection() {
+        let mut b = Backoff::default();
+        let delays: Vec<u64> = (0..12).map(|_| b.next_delay().as_secs()).collect();
+        assert_eq!(delays[..4], [2, 3, 4, 6]);
+        assert_eq!(delays[11], 60, "capped at 60 s: {delays:?}");
+        // A connection dropped after 5 s that carried nothing: keep backing off.
+        assert_eq!(b.after_connection(Duration::from_secs(5), false).as_secs(), 60);
+        // Dropped after 5 s, but a job came over it: the server works, come back soon.
+        assert_eq!(b.after_connection(Duration::from_secs(5), true).as_secs(), 2);
+        assert_eq!(b.after_connection(Duration::from_secs(5), false).as_secs(), 3);
+        // Stable for over 30 s, even without traffic.
+        assert_eq!(b.after_connection(Duration::from_secs(31), false).as_secs(), 2);
     }
 }
