@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub mod mock;
+#[cfg(target_os = "linux")]
+pub mod soak;
 pub mod wav;
 
 /// `../shared/corpus` beside this repository.
@@ -135,6 +137,11 @@ pub fn music_like(rate: u32, seconds: f64) -> Vec<[f32; 2]> {
 /// Short WAV clips cut from the corpus (mono, at each file's own rate, 16-bit): `n` clips
 /// of 20-90 s, named `clip-NN-<source>.wav`, each a different stretch of the music.
 pub fn make_clips(dir: &Path, n: usize) -> Vec<PathBuf> {
+    make_clips_between(dir, n, 20, 90)
+}
+
+/// As [`make_clips`], with clips of `min_s..=max_s` seconds.
+pub fn make_clips_between(dir: &Path, n: usize, min_s: usize, max_s: usize) -> Vec<PathBuf> {
     use chaarfm_child::decode::AudioStream;
     let sources = [
         "awakening.mp3",
@@ -157,11 +164,11 @@ pub fn make_clips(dir: &Path, n: usize) -> Vec<PathBuf> {
     (0..n)
         .map(|i| {
             let (name, rate, pcm) = &decoded[i % decoded.len()];
-            let want = 20 + (i * 37) % 71; // 20..=90 s
+            let want = min_s + (i * 37) % (max_s - min_s + 1);
             let len = (want * *rate as usize).min(pcm.len());
             let max_start = pcm.len() - len;
             let start = (i * 7_919 * *rate as usize / 10) % (max_start + 1);
-            let p = dir.join(format!("clip-{i:02}-{name}.wav"));
+            let p = dir.join(format!("clip-{i:04}-{name}.wav"));
             wav::write(&p, *rate, 1, wav::Encoding::Pcm16, &pcm[start..start + len])
                 .expect("write clip");
             p
@@ -321,12 +328,18 @@ impl Spawned {
 /// SIGTERMs a background supervisor and waits (killing it after 120 s); returns its exit
 /// status and stderr.
 #[cfg(target_os = "linux")]
-pub fn stop(mut sup: Spawned) -> (Option<i32>, String) {
+pub fn stop(sup: Spawned) -> (Option<i32>, String) {
+    let (code, _, stderr) = stop_with_output(sup);
+    (code, stderr)
+}
+
+/// As [`stop`], also returning stdout (connect mode's closing summary).
+#[cfg(target_os = "linux")]
+pub fn stop_with_output(mut sup: Spawned) -> (Option<i32>, String, String) {
     use nix::sys::signal::{kill, Signal};
     let _ = kill(nix::unistd::Pid::from_raw(sup.id() as i32), Signal::SIGTERM);
     if !wait_until(std::time::Duration::from_secs(120), || !sup.running()) {
         let _ = sup.child.kill();
     }
-    let (code, _, stderr) = sup.wait();
-    (code, stderr)
+    sup.wait()
 }
