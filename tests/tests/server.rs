@@ -11,8 +11,8 @@ use std::time::Duration;
 use chaarfm_child::{embed_file, model, InferOptions, Musicnn};
 use chaarfm_tests::mock::{Mock, MockConfig};
 use chaarfm_tests::{
-    binary, corpus_dir, cosine, kill_random_child, make_clips, references, stop, wait_until,
-    Spawned, TempDir,
+    binary, corpus_dir, cosine, kill_random_child, make_clips, references, stop, stop_with_output,
+    wait_until, Spawned, TempDir,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -49,7 +49,7 @@ fn corpus_end_to_end(protocol2: Option<usize>) -> Mock {
     let state = TempDir::new("e2e");
     let sup = start_super(&mock, state.path(), &["--workers", "2"], &[]);
     let all = mock.wait_results(refs.len(), Duration::from_secs(300));
-    let (code, stderr) = stop(sup);
+    let (code, stdout, stderr) = stop_with_output(sup);
     assert!(
         all,
         "only {} of {} results arrived; stderr:\n{stderr}",
@@ -57,6 +57,15 @@ fn corpus_end_to_end(protocol2: Option<usize>) -> Mock {
         refs.len()
     );
     assert_eq!(code, Some(0), "stderr:\n{stderr}");
+    // The closing summary counts every job, and the too-short clip as the one failure.
+    let failed = refs.values().filter(|r| r.vector.is_none()).count();
+    assert!(
+        stdout.contains(&format!(
+            "{} done ({failed} failed), 0 handed back",
+            refs.len()
+        )),
+        "summary: {stdout}"
+    );
     let stored = mock.stored();
     for (name, r) in &refs {
         let id = name.rsplit_once('.').map(|(s, _)| s).unwrap_or(name);

@@ -78,6 +78,8 @@ pub struct Stats {
     /// the job, in µs: what IPC and scheduling cost.
     pub overhead_us: AtomicU64,
     pub overhead_jobs: AtomicU64,
+    /// Audio embedded by finished jobs, in ms (for x realtime).
+    pub audio_ms: AtomicU64,
 }
 
 impl Stats {
@@ -567,6 +569,9 @@ impl State {
                 .overhead_us
                 .fetch_add(overhead_us as u64, Ordering::Relaxed);
             self.stats.overhead_jobs.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .audio_ms
+                .fetch_add((out.duration_s * 1e3) as u64, Ordering::Relaxed);
         }
         if let Some(j) = self.jobs.remove(&id) {
             let _ = j.reply.send(result);

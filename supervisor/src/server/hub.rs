@@ -41,7 +41,10 @@ pub struct LaneHandle {
 /// Counts for the closing summary.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Summary {
+    /// Results stored for sending: successes and the track's own failures.
     pub jobs_done: usize,
+    /// Of those, failures (the track's fault: see the rule in docs/ARCHITECTURE.md).
+    pub failed: usize,
     pub handed_back: usize,
 }
 
@@ -200,6 +203,15 @@ impl State {
                 }
                 for entry in entries {
                     self.summary.jobs_done += 1;
+                    if matches!(
+                        &entry.msg,
+                        WorkerMsg::Result(JobResult {
+                            outcome: Outcome::Failed { .. },
+                            ..
+                        })
+                    ) {
+                        self.summary.failed += 1;
+                    }
                     self.release(entry.lane);
                     self.send(entry.lane, LaneCmd::Result(entry));
                 }

@@ -20,6 +20,7 @@ pub mod download;
 pub mod guard;
 pub mod hub;
 pub mod outbox;
+pub mod status;
 pub mod work;
 
 use std::collections::HashSet;
@@ -296,6 +297,13 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<O
     let mut lanes = tokio::task::JoinSet::new();
     spawn_lane(&ctx, &hub, &mut lanes).await;
     let keep = tokio::spawn(keepalive(Arc::clone(&ctx)));
+    let started = Instant::now();
+    let status_task = tokio::spawn(status::every(
+        Arc::clone(&ctx),
+        hub.clone(),
+        started,
+        children,
+    ));
     let rec = tokio::spawn(recover(Arc::clone(&ctx)));
 
     let mut signals = Signals::new()?;
@@ -358,7 +366,8 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<O
     while lanes.join_next().await.is_some() {}
     keep.abort();
     rec.abort();
-    let summary = hub.summary().await;
+    status_task.abort();
+    let last = status::snapshot(&ctx, &hub, started, children).await;
     hub_task.abort();
     let held = ctx.outbox.len();
     let unsaved = ctx.outbox.unsaved();
@@ -374,8 +383,8 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<O
     ));
     let lost = ctx.outbox.rescue(&fallback);
     crate::logging::print(&format!(
-        "chaarfm-super: stopped after {} job(s), {} handed back; {held} result(s) kept in the outbox (sent again at the next start; with today's server the last result of each connection stays until then, as the server gives no receipt)\n",
-        summary.jobs_done, summary.handed_back,
+        "chaarfm-super: stopped: {}. {held} result(s) kept in the outbox (sent again at the next start; with today's server the last result of each connection stays until then, as the server gives no receipt)\n",
+        status::line(&last),
     ));
     ctx.pool.shutdown().await;
     if let Some(msg) = stopped {

@@ -1,0 +1,107 @@
+//! Seeing an overnight run: connect mode logs a status line every minute
+//! (`status::every`) and the same figures at exit.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::hub::{Hub, Summary};
+use super::Ctx;
+
+/// How often the status line is logged.
+pub const EVERY: Duration = Duration::from_secs(60);
+
+/// The figures of one status line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub summary: Summary,
+    /// Audio embedded so far and time since start, in seconds.
+    pub audio_s: f64,
+    pub elapsed_s: f64,
+    pub alive: usize,
+    pub children: usize,
+    pub restarts: usize,
+    pub connected: bool,
+    pub outbox: usize,
+}
+
+/// One line a person reads at a glance.
+pub fn line(s: &Snapshot) -> String {
+    let xrt = if s.elapsed_s > 0.0 {
+        s.audio_s / s.elapsed_s
+    } else {
+        0.0
+    };
+    format!(
+        "{} done ({} failed), {} handed back; {:.0} s of audio, {:.1}x realtime; {}/{} children alive, {} restart(s); {}; outbox {}",
+        s.summary.jobs_done,
+        s.summary.failed,
+        s.summary.handed_back,
+        s.audio_s,
+        xrt,
+        s.alive,
+        s.children,
+        s.restarts,
+        if s.connected { "connected" } else { "not connected" },
+        s.outbox
+    )
+}
+
+/// The figures now.
+pub async fn snapshot(ctx: &Ctx, hub: &Hub, started: Instant, children: usize) -> Snapshot {
+    let stats = &ctx.pool.stats;
+    Snapshot {
+        summary: hub.summary().await,
+        audio_s: stats.audio_ms.load(Ordering::Relaxed) as f64 / 1e3,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        alive: stats.alive.load(Ordering::Relaxed),
+        children,
+        restarts: stats.restarts.load(Ordering::Relaxed),
+        connected: *ctx.connected.borrow(),
+        outbox: ctx.outbox.len(),
+    }
+}
+
+/// Logs the status line every [`EVERY`] until aborted.
+pub async fn every(ctx: Arc<Ctx>, hub: Hub, started: Instant, children: usize) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + EVERY, EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let s = snapshot(&ctx, &hub, started, children).await;
+        tracing::info!("status: {}", line(&s));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_says_everything_at_a_glance() {
+        let s = Snapshot {
+            summary: Summary {
+                jobs_done: 42,
+                failed: 3,
+                handed_back: 1,
+            },
+            audio_s: 9000.0,
+            elapsed_s: 120.0,
+            alive: 2,
+            children: 2,
+            restarts: 5,
+            connected: true,
+            outbox: 1,
+        };
+        assert_eq!(
+            line(&s),
+            "42 done (3 failed), 1 handed back; 9000 s of audio, 75.0x realtime; 2/2 children alive, 5 restart(s); connected; outbox 1"
+        );
+        let idle = Snapshot {
+            elapsed_s: 0.0,
+            connected: false,
+            ..s
+        };
+        assert!(line(&idle).contains("0.0x realtime") && line(&idle).contains("not connected"));
+    }
+}
