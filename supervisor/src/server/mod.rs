@@ -742,11 +742,23 @@ mod tests {
         assert_eq!(delays[..4], [2, 3, 4, 6]);
         assert_eq!(delays[11], 60, "capped at 60 s: {delays:?}");
         // A connection dropped after 5 s that carried nothing: keep backing off.
-        assert_eq!(b.after_connection(Duration::from_secs(5), false).as_secs(), 60);
+        assert_eq!(
+            b.after_connection(Duration::from_secs(5), false).as_secs(),
+            60
+        );
         // Dropped after 5 s, but a job came over it: the server works, come back soon.
-        assert_eq!(b.after_connection(Duration::from_secs(5), true).as_secs(), 2);
-        assert_eq!(b.after_connection(Duration::from_secs(5), false).as_secs(), 3);
+        assert_eq!(
+            b.after_connection(Duration::from_secs(5), true).as_secs(),
+            2
+        );
+        assert_eq!(
+            b.after_connection(Duration::from_secs(5), false).as_secs(),
+            3
+        );
         // Stable for over 30 s, even without traffic.
-        assert_eq!(b.after_connection(Duration::from_secs(31), false).as_secs(), 2);
+        assert_eq!(
+            b.after_connection(Duration::from_secs(31), false).as_secs(),
+            2
+        );
     }
 }
