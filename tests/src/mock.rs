@@ -199,6 +199,11 @@ impl Mock {
         self.state.lock().unwrap().stored.clone()
     }
 
+    /// How many tracks are stored (without copying them, for polling loops).
+    pub fn stored_len(&self) -> usize {
+        self.state.lock().unwrap().stored.len()
+    }
+
     pub fn queued(&self) -> usize {
         self.state.lock().unwrap().queue.len()
     }

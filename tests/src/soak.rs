@@ -238,7 +238,7 @@ pub fn run(clips: &Clips, protocol2: Option<usize>, workers: &str, timeout: Dura
     let (mut rss0, mut fds0, mut fds_max) = (None::<u64>, 0usize, 0usize);
     let mut next_report = Instant::now() + Duration::from_secs(30);
     let done = wait_until(timeout, || {
-        let stored = mock.stored().len();
+        let stored = mock.stored_len();
         if Instant::now() >= next_report {
             next_report += Duration::from_secs(30);
             println!(
