@@ -9,6 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# What cargo gives the binary in this checkout (.cargo/config.toml), for running it directly.
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$PWD/.deps/onnxruntime/libonnxruntime.so}"
+export CHAARFM_YTDLP="${CHAARFM_YTDLP:-$PWD/.deps/venv/bin/yt-dlp}"
+[ -f ../shared/models/msd-musicnn-1.onnx ] && export CHAARFM_MODEL="${CHAARFM_MODEL:-$(cd ../shared/models && pwd)/msd-musicnn-1.onnx}"
 if [ $# -gt 0 ]; then
   cargo build --release --locked -p chaarfm-super >&2
   exec ./target/release/chaarfm-super "$@"

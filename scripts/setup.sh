@@ -3,8 +3,9 @@
 # Rust and Python 3 + pip. Idempotent: each step checks before it acts.
 #   - cmake: builds libsamplerate (samplerate crate) and libopus (opusic-sys) from source.
 #   - ONNX Runtime: the shared library from the `onnxruntime` wheel on PyPI, unpacked into
-#     .deps/onnxruntime/ (the binary looks there; ORT_DYLIB_PATH overrides).
-#   - yt-dlp: downloads for the server mode, in a private venv at .deps/venv.
+#     .deps/onnxruntime/ (.cargo/config.toml points ORT_DYLIB_PATH there for cargo).
+#   - yt-dlp[default] and deno (the JavaScript runtime yt-dlp needs for YouTube since
+#     late 2025), for the server mode, in a private venv at .deps/venv.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 deps="$root/.deps"
@@ -26,11 +27,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-case "$(uname -s)" in
-  Linux) lib=libonnxruntime.so ;;
-  Darwin) lib=libonnxruntime.dylib ;;
-  *) lib=onnxruntime.dll ;;
-esac
+# One name on every platform (dlopen and LoadLibrary take any file name), so that
+# .cargo/config.toml can name it.
+lib=libonnxruntime.so
 if [ ! -f "$deps/onnxruntime/$lib" ] || [ "$(cat "$deps/onnxruntime/VERSION" 2>/dev/null)" != "$ort_version" ]; then
   say "fetching the onnxruntime $ort_version wheel from PyPI"
   tmp=$(mktemp -d)
@@ -57,8 +56,8 @@ PY
   say "ONNX Runtime $ort_version in $deps/onnxruntime/$lib"
 fi
 
-if [ ! -x "$deps/venv/bin/yt-dlp" ]; then
-  say "installing yt-dlp into $deps/venv"
+if [ ! -x "$deps/venv/bin/yt-dlp" ] || [ ! -x "$deps/venv/bin/deno" ]; then
+  say "installing yt-dlp[default] and deno into $deps/venv"
   python3 -m venv "$deps/venv"
-  "$deps/venv/bin/pip" install --quiet yt-dlp
+  "$deps/venv/bin/pip" install --quiet --upgrade "yt-dlp[default]" deno
 fi

@@ -8,6 +8,7 @@ pub mod features;
 pub mod graph;
 pub mod infer;
 pub mod isolation;
+pub mod layout;
 pub mod model;
 pub mod pipeline;
 pub mod resample;

@@ -1,6 +1,8 @@
 //! The model manifest (`models/msd-musicnn-1.json`, compiled in) and where the model file
-//! is found: `--model PATH`, then `CHAARFM_MODEL`, then the user cache directory, then
-//! `../shared/models` (this repository's tests). The file's sha256 is checked before use.
+//! is found: `--model PATH`, then `CHAARFM_MODEL`, then `models/` beside the executable
+//! (a release bundle), then the user cache directory (`models/fetch.sh`). A checkout's
+//! cargo sets `CHAARFM_MODEL` to `../shared/models` (`.cargo/config.toml`). The file's
+//! sha256 is checked before use.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -135,24 +137,14 @@ pub fn resolve(explicit: Option<&Path>) -> Result<PathBuf, ModelError> {
         return existing(Path::new(&p), "given by CHAARFM_MODEL");
     }
     let file = &manifest().file;
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    dirs.extend(user_model_dir());
-    dirs.push(PathBuf::from("../shared/models"));
-    // This repository's checkout: <repo>/child/../../shared/models.
-    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
-    for d in &dirs {
-        let p = d.join(file);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    Err(ModelError::NotFound {
+    let dirs: Vec<PathBuf> = crate::layout::exe_dir()
+        .map(|d| crate::layout::model_dir(&d))
+        .into_iter()
+        .chain(user_model_dir())
+        .collect();
+    crate::layout::first_file(&dirs, file).map_err(|looked| ModelError::NotFound {
         file: file.clone(),
-        looked: dirs
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
+        looked,
     })
 }
 

@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chaarfm_child::layout;
 use serde_json::Value;
 
 /// Size bounds and timeouts (`POST_DOWNLOAD_MIN_SIZE_MB`, `POST_DOWNLOAD_MAX_SIZE_MB`, as
@@ -290,43 +291,76 @@ fn fetch(
     Ok(())
 }
 
-/// yt-dlp: `CHAARFM_YTDLP`, then `PATH`, then this checkout's `.deps/venv` (setup.sh).
-pub fn find_ytdlp() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("CHAARFM_YTDLP").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(p));
+/// yt-dlp, and the JavaScript runtime it needs for YouTube (since late 2025) when that
+/// is not on `PATH` (yt-dlp finds a `PATH` one itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct YtDlp {
+    pub path: PathBuf,
+    /// deno beside yt-dlp (the bundle's or setup's private venv), passed explicitly.
+    pub deno: Option<PathBuf>,
+}
+
+impl YtDlp {
+    /// Finds yt-dlp: `CHAARFM_YTDLP`, then the bundle's private venv beside the executable
+    /// (`tools/bin`, made by its install.sh), then `PATH`. A checkout's cargo sets
+    /// `CHAARFM_YTDLP` to setup's `.deps/venv` (`.cargo/config.toml`).
+    pub fn find() -> Option<YtDlp> {
+        let name = layout::exe_name("yt-dlp");
+        let path = std::env::var_os("CHAARFM_YTDLP")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                let p = layout::tools_bin(&layout::exe_dir()?).join(&name);
+                p.is_file().then_some(p)
+            })
+            .or_else(|| layout::on_path("yt-dlp"))?;
+        Some(Self::with_runtime_beside(path))
     }
-    let exe = if cfg!(windows) {
-        "yt-dlp.exe"
-    } else {
-        "yt-dlp"
-    };
-    if let Some(paths) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&paths) {
-            let p = dir.join(exe);
-            if p.is_file() {
-                return Some(p);
+
+    /// yt-dlp at `path`, with the deno beside it when deno is not on `PATH`.
+    pub fn with_runtime_beside(path: PathBuf) -> YtDlp {
+        let beside = path
+            .parent()
+            .map(|d| d.join(layout::exe_name("deno")))
+            .filter(|d| d.is_file());
+        let deno = match beside {
+            Some(d) if layout::on_path("deno").as_deref() != Some(d.as_path()) => Some(d),
+            _ => None,
+        };
+        YtDlp { path, deno }
+    }
+
+    /// The command to run, with the JavaScript runtime named when needed.
+    pub fn command(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.path);
+        cmd.args(self.runtime_args());
+        cmd
+    }
+
+    /// `--js-runtimes deno:PATH` when deno is beside yt-dlp but not on `PATH`.
+    pub fn runtime_args(&self) -> Vec<std::ffi::OsString> {
+        match &self.deno {
+            Some(d) => {
+                let mut v = std::ffi::OsString::from("deno:");
+                v.push(d.as_os_str());
+                vec!["--js-runtimes".into(), v]
             }
+            None => Vec::new(),
         }
     }
-    let bin = if cfg!(windows) { "Scripts" } else { "bin" };
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../.deps/venv")
-        .join(bin)
-        .join(exe);
-    p.is_file().then_some(p)
 }
 
 /// Runs yt-dlp for `target` (a URL, or `ytsearch1:...`) into `dir` with name stem `stem`;
 /// returns the file and yt-dlp's metadata.
 pub async fn ytdlp_download(
-    ytdlp: &Path,
+    ytdlp: &YtDlp,
     target: &str,
     search: bool,
     dir: &Path,
     stem: &str,
     limits: &Limits,
 ) -> Result<Downloaded, DownloadError> {
-    let mut cmd = tokio::process::Command::new(ytdlp);
+    let mut cmd = ytdlp.command();
     cmd.args([
         "--no-playlist",
         "--no-progress",

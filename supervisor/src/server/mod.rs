@@ -24,7 +24,7 @@ pub mod status;
 pub mod work;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -155,7 +155,7 @@ pub struct Ctx {
     pub pool: Pool,
     pub outbox: Arc<Outbox>,
     pub limits: download::Limits,
-    pub ytdlp: Option<PathBuf>,
+    pub ytdlp: Option<download::YtDlp>,
     pub tmp: PathBuf,
     url: String,
     masked_url: String,
@@ -196,7 +196,7 @@ pub fn pause(intake: &watch::Sender<Intake>, reason: String) {
 }
 
 /// Writes and removes a probe file in `dir`: whether downloads can be stored again.
-fn probe_disk(dir: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn probe_disk(dir: &std::path::Path) -> std::io::Result<()> {
     use std::io::Write;
     crate::os::ensure_private_dir(dir)?;
     let p = dir.join("probe.tmp");
@@ -252,9 +252,13 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<O
         &format!("/{}/", opts.code),
         &format!("/{}/", mask(&opts.code)),
     );
-    let ytdlp = download::find_ytdlp();
+    let ytdlp = download::YtDlp::find();
     match &ytdlp {
-        Some(p) => tracing::info!(path = %p.display(), "yt-dlp found"),
+        Some(y) => tracing::info!(
+            path = %y.path.display(),
+            deno = ?y.deno.as_deref().map(Path::display),
+            "yt-dlp found"
+        ),
         None => tracing::warn!(
             "yt-dlp not found: only direct audio URLs can be downloaded (run scripts/setup.sh)"
         ),

@@ -144,7 +144,7 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
             } else {
                 let ytdlp = ctx
                     .ytdlp
-                    .as_deref()
+                    .as_ref()
                     .ok_or_else(|| classify(DownloadError::NoYtDlp))?;
                 download::ytdlp_download(ytdlp, url, false, &ctx.tmp, &stem, &ctx.limits)
                     .await
@@ -163,7 +163,7 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
             }
             let ytdlp = ctx
                 .ytdlp
-                .as_deref()
+                .as_ref()
                 .ok_or_else(|| classify(DownloadError::NoYtDlp))?;
             let query = format!("ytsearch1:\"{artist} {title} lyrics\"");
             download::ytdlp_download(ytdlp, &query, true, &ctx.tmp, &stem, &ctx.limits)
@@ -289,12 +289,13 @@ pub fn diversify(mut videos: Vec<Value>, limit: usize) -> Vec<Value> {
 async fn genre(ctx: &Ctx, g: &GenreJob) -> Result<Value, String> {
     let ytdlp = ctx
         .ytdlp
-        .as_deref()
+        .as_ref()
         .ok_or_else(|| download::DownloadError::NoYtDlp.to_string())?;
     let limit = g.limit.unwrap_or(0) as usize;
     let search = if limit > 0 { (limit * 3).min(200) } else { 100 };
     let run = |args: Vec<String>| async move {
-        let out = tokio::process::Command::new(ytdlp)
+        let out = ytdlp
+            .command()
             .args(&args)
             .kill_on_drop(true)
             .output()
