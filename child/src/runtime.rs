@@ -1,10 +1,11 @@
 //! Finding and loading the ONNX Runtime shared library (ort's `load-dynamic`).
 //!
-//! Order: `ORT_DYLIB_PATH` (only that, when set), then next to the executable (and its
-//! parent, for test binaries in `target/*/deps`), then this project's setup location
-//! `.deps/onnxruntime/`, which `scripts/setup.sh` fills from the PyPI `onnxruntime` wheel.
+//! Order: `ORT_DYLIB_PATH` (only that, when set), then relative to the executable
+//! (`layout::runtime_dirs`: beside it, its `lib/`, its parent). A checkout's cargo sets
+//! `ORT_DYLIB_PATH` to what `scripts/setup.sh` unpacked from the PyPI `onnxruntime` wheel
+//! (`.cargo/config.toml`); nothing of the build machine is compiled in.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 /// File name of the runtime library on this platform.
@@ -18,17 +19,12 @@ pub const LIB_NAME: &str = if cfg!(windows) {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("ONNX Runtime library {path} (from ORT_DYLIB_PATH) does not exist; fix ORT_DYLIB_PATH or unset it to use the one scripts/setup.sh installs")]
+    #[error("ONNX Runtime library {path} (from ORT_DYLIB_PATH) does not exist; fix ORT_DYLIB_PATH, or unset it to use the one beside the executable (in a checkout, run scripts/setup.sh)")]
     EnvMissing { path: PathBuf },
-    #[error("ONNX Runtime library ({LIB_NAME}) not found; looked in: {looked}. Run scripts/setup.sh (it unpacks the onnxruntime wheel from PyPI into .deps/onnxruntime), put {LIB_NAME} next to the chaarfm-super executable, or set ORT_DYLIB_PATH to its path")]
+    #[error("ONNX Runtime library ({LIB_NAME}) not found; looked in: {looked}. A release bundle has it in lib/ beside the executable: unpack the whole bundle. Else put {LIB_NAME} there, or set ORT_DYLIB_PATH to its path (a checkout: run scripts/setup.sh and use cargo run, or scripts/run.sh)")]
     NotFound { looked: String },
     #[error("cannot load ONNX Runtime from {path}: {message}")]
     Load { path: PathBuf, message: String },
-}
-
-/// Where this checkout's setup script puts the library.
-pub fn setup_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/onnxruntime")
 }
 
 /// Finds the runtime library without loading it.
@@ -41,27 +37,10 @@ pub fn locate() -> Result<PathBuf, RuntimeError> {
             Err(RuntimeError::EnvMissing { path: p })
         };
     }
-    let mut dirs = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            dirs.push(dir.to_path_buf());
-            dirs.extend(dir.parent().map(Path::to_path_buf));
-        }
-    }
-    dirs.push(setup_dir());
-    for d in &dirs {
-        let p = d.join(LIB_NAME);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    Err(RuntimeError::NotFound {
-        looked: dirs
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-    })
+    let dirs = crate::layout::exe_dir()
+        .map(|d| crate::layout::runtime_dirs(&d))
+        .unwrap_or_default();
+    crate::layout::first_file(&dirs, LIB_NAME).map_err(|looked| RuntimeError::NotFound { looked })
 }
 
 /// The process-wide ONNX Runtime environment, loaded once.
@@ -83,4 +62,28 @@ pub fn environment() -> Result<&'static ort::environment::Environment, RuntimeEr
     })
     .as_ref()
     .map_err(Clone::clone)
+}
+
+/// The loaded runtime's version (`1.32.0`); `None` when it cannot be loaded.
+pub fn version() -> Option<String> {
+    environment().ok()?;
+    let path = locate().ok()?;
+    type GetApiBase = unsafe extern "C" fn() -> *const ort::sys::OrtApiBase;
+    // SAFETY: `path` is the ONNX Runtime library ort has just loaded, so this opens a second
+    // reference to the same image. `OrtGetApiBase` takes nothing and returns a pointer to
+    // a static table; its `GetVersionString` returns a static NUL-terminated string. ort
+    // makes the same calls when it loads the library.
+    unsafe {
+        let lib = libloading::Library::new(&path).ok()?;
+        let get: libloading::Symbol<GetApiBase> = lib.get(b"OrtGetApiBase").ok()?;
+        let base = get();
+        if base.is_null() {
+            return None;
+        }
+        let s = ((*base).GetVersionString)();
+        if s.is_null() {
+            return None;
+        }
+        Some(std::ffi::CStr::from_ptr(s).to_string_lossy().into_owned())
+    }
 }

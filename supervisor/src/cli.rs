@@ -83,6 +83,8 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Embed every audio file under PATHs into a JSON-lines file; resumable.
     Ingest(IngestArgs),
+    /// Check that this machine can run the worker: one line per check, ok or what to do.
+    Doctor(DoctorArgs),
     /// Internal: serve as a child process of a supervisor.
     #[command(name = "__child", hide = true)]
     Child(ChildArgs),
@@ -184,6 +186,32 @@ pub struct IngestArgs {
     /// Audio files or folders (walked recursively).
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// ChaarFM server to check (with --code).
+    #[arg(
+        long,
+        env = "CHAARFM_URL",
+        default_value = "https://chaarfm.onrender.com"
+    )]
+    pub url: String,
+
+    /// Pairing code: checks the server and the code (connects, then closes at once).
+    #[arg(long, env = "CHAARFM_CODE", hide_env_values = true)]
+    pub code: Option<String>,
+
+    /// The state dir to check (default: the user state dir).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// One JSON document instead of lines.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub pool: PoolArgs,
 }
 
 #[derive(Debug, clap::Args)]

@@ -2,6 +2,7 @@
 
 mod batch;
 mod cli;
+mod doctor;
 mod embed;
 mod ingest;
 mod launch;
@@ -51,6 +52,15 @@ fn main() -> ExitCode {
         match &cli.command {
             Some(Command::Embed(args)) => embed::run(args, cli.model.as_deref()).await,
             Some(Command::Ingest(args)) => ingest::run(args, cli.model.as_deref()).await,
+            Some(Command::Doctor(args)) => {
+                doctor::run(args, cli.model.as_deref()).await.map(|code| {
+                    if code == 0 {
+                        Outcome::Ok
+                    } else {
+                        Outcome::SomeFailed
+                    }
+                })
+            }
             Some(Command::Child(_)) => unreachable!("handled above"),
             None => connect(&cli.connect, cli.model.as_deref()).await,
         }

@@ -54,6 +54,11 @@ pub fn fresh_private_dir(dir: &Path) -> std::io::Result<()> {
     ensure_private_dir(dir)
 }
 
+/// Free space for this user on the file system holding `dir`, when known.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    imp::free_bytes(dir)
+}
+
 /// Whether process `pid` exists (any user's).
 pub fn pid_alive(pid: u32) -> bool {
     imp::pid_alive(pid)

@@ -1,4 +1,4 @@
-//! Unix: 0700 directories, `kill(pid, 0)` for liveness.
+//! Unix: 0700 directories, `kill(pid, 0)` for liveness, statvfs for free space.
 
 pub fn private_mode(b: &mut std::fs::DirBuilder) {
     use std::os::unix::fs::DirBuilderExt;
@@ -15,4 +15,12 @@ pub fn pid_alive(pid: u32) -> bool {
         Ok(()) => true,
         Err(e) => e == Errno::EPERM,
     }
+}
+
+pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    // The field types differ between Unixes (u32 on some): widen, whatever they are.
+    #[allow(clippy::useless_conversion)]
+    // Blocks available to an unprivileged user, in fragment-size units.
+    Some(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
 }

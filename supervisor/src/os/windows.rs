@@ -13,3 +13,8 @@ pub fn pid_alive(pid: u32) -> bool {
     );
     sys.process(p).is_some()
 }
+
+/// Not measured on Windows yet (`doctor` says "unknown").
+pub fn free_bytes(_dir: &std::path::Path) -> Option<u64> {
+    None
+}

@@ -1,0 +1,502 @@
+//! `chaarfm-super doctor`: whether this machine can run the worker, one line per check,
+//! each either ok or what to do. Exit 0 only when nothing fails.
+//!
+//! The model is loaded and run here, in this process, on the probe input: a crash in
+//! native code would end the doctor, not a worker.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use chaarfm_child::{model, runtime};
+use serde::Serialize;
+
+use crate::cli::DoctorArgs;
+use crate::server::download::YtDlp;
+use crate::{server, sizing};
+
+/// yt-dlp releases older than this are likely broken by YouTube's changes.
+const YTDLP_MAX_AGE_DAYS: i64 = 90;
+/// Below this, downloads (up to 50 MB each, one per slot) may fill the disk.
+const LOW_SPACE_BYTES: u64 = 1 << 30;
+/// How long an external program or the server may take to answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    /// Works, but something should be done.
+    Warn,
+    /// The worker cannot run (or cannot do its job) until this is fixed.
+    Fail,
+    /// Not checked (and why).
+    Skip,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub check: &'static str,
+    pub status: Status,
+    pub detail: String,
+}
+
+fn check(check: &'static str, status: Status, detail: impl Into<String>) -> Check {
+    Check {
+        check,
+        status,
+        detail: detail.into(),
+    }
+}
+
+/// Runs every check; returns the exit status (0: the worker can run).
+pub async fn run(args: &DoctorArgs, model_arg: Option<&Path>) -> anyhow::Result<u8> {
+    let mut checks = Vec::new();
+    let ort = runtime_check(&mut checks);
+    checks.push(model_check(model_arg, ort.is_some()));
+    let inv = sizing::probe(ort.as_deref());
+    let plan = sizing::decide(&inv, args.pool.workers, args.pool.device);
+    let mut sizing_detail = plan.reasons.clone();
+    for w in &plan.warnings {
+        sizing_detail.push_str("; ");
+        sizing_detail.push_str(w);
+    }
+    let sizing_status = if plan.warnings.is_empty() {
+        Status::Ok
+    } else {
+        Status::Warn
+    };
+    checks.push(check("workers", sizing_status, sizing_detail));
+    checks.push(cuda_check(&inv));
+    checks.extend(ytdlp_checks(YtDlp::find(), today_days()).await);
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(crate::os::default_state_dir);
+    checks.push(state_dir_check(&state_dir));
+    checks.extend(server_checks(&args.url, args.code.as_deref()).await);
+    let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
+    if args.json {
+        let doc = serde_json::json!({ "ok": failed == 0, "checks": checks });
+        crate::logging::print(&format!("{doc}\n"));
+    } else {
+        crate::logging::print(&render(&checks, failed));
+    }
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// One line per check, then the verdict.
+pub fn render(checks: &[Check], failed: usize) -> String {
+    let mut out = String::new();
+    for c in checks {
+        let tag = match c.status {
+            Status::Ok => "ok  ",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+            Status::Skip => "skip",
+        };
+        out.push_str(&format!("{tag} {:<10} {}\n", c.check, c.detail));
+    }
+    if failed == 0 {
+        out.push_str("the worker can run on this machine\n");
+    } else {
+        out.push_str(&format!(
+            "{failed} check(s) failed: the worker cannot run until they are fixed\n"
+        ));
+    }
+    out
+}
+
+/// Finds and loads ONNX Runtime; its path when it loaded.
+fn runtime_check(checks: &mut Vec<Check>) -> Option<PathBuf> {
+    let path = match runtime::locate() {
+        Ok(p) => p,
+        Err(e) => {
+            checks.push(check("runtime", Status::Fail, e.to_string()));
+            return None;
+        }
+    };
+    match runtime::environment() {
+        Ok(_) => {
+            checks.push(check(
+                "runtime",
+                Status::Ok,
+                format!(
+                    "ONNX Runtime {} from {}",
+                    runtime::version().unwrap_or_else(|| "(version unknown)".into()),
+                    path.display()
+                ),
+            ));
+            Some(path)
+        }
+        Err(e) => {
+            checks.push(check("runtime", Status::Fail, e.to_string()));
+            None
+        }
+    }
+}
+
+/// Finds the model, checks its hash, and (runtime loaded) runs it on the probe input.
+fn model_check(model_arg: Option<&Path>, runtime_ok: bool) -> Check {
+    let path = match model::resolve(model_arg) {
+        Ok(p) => p,
+        Err(e) => return check("model", Status::Fail, e.to_string()),
+    };
+    if !runtime_ok {
+        return match model::read(&path) {
+            Ok(m) if m.hash_matches => check(
+                "model",
+                Status::Ok,
+                format!(
+                    "{} (sha256 verified; not run: no runtime)",
+                    path.display()
+                ),
+            ),
+            Ok(m) => check(
+                "model",
+                Status::Fail,
+                format!(
+                    "{} is not the published file (sha256 {}) and cannot be checked without the runtime",
+                    path.display(),
+                    m.sha256
+                ),
+            ),
+            Err(e) => check("model", Status::Fail, e.to_string()),
+        };
+    }
+    let opts = chaarfm_child::InferOptions::default();
+    let mut net = match chaarfm_child::Musicnn::load(&path, &opts) {
+        Ok(n) => n,
+        Err(e) => return check("model", Status::Fail, e.to_string()),
+    };
+    let probe = chaarfm_child::features::MelSpectrogram {
+        data: model::probe_input(),
+        frames: chaarfm_child::features::PATCH_FRAMES,
+        samples: 0,
+    };
+    match net.predict(&probe) {
+        Ok(p) if model::probe_matches(&p.vector) => check(
+            "model",
+            Status::Ok,
+            format!(
+                "{} verified (computes the published model's values)",
+                path.display()
+            ),
+        ),
+        Ok(_) => check(
+            "model",
+            Status::Fail,
+            format!(
+                "{} loads but does not compute the published model's values: fetch it again (models/README.md)",
+                path.display()
+            ),
+        ),
+        Err(e) => check("model", Status::Fail, e.to_string()),
+    }
+}
+
+fn cuda_check(inv: &sizing::Inventory) -> Check {
+    let detail = match (inv.gpus.len(), inv.cuda_build, inv.cuda_runtime) {
+        (0, _, _) => "no NVIDIA GPU: inference runs on the CPU".to_string(),
+        (n, true, true) => format!("{n} NVIDIA GPU(s) and the CUDA provider: used by `--device auto`"),
+        (n, false, _) => format!("{n} NVIDIA GPU(s), but this build has no CUDA support: CPU only (build with --features cuda)"),
+        (n, true, false) => format!("{n} NVIDIA GPU(s), but the CUDA provider library is not beside ONNX Runtime: CPU only (use the onnxruntime-gpu runtime)"),
+    };
+    check("cuda", Status::Ok, detail)
+}
+
+/// yt-dlp found, its version and age, and its JavaScript runtime.
+async fn ytdlp_checks(ytdlp: Option<YtDlp>, today: i64) -> Vec<Check> {
+    let Some(y) = ytdlp else {
+        return vec![check(
+            "yt-dlp",
+            Status::Fail,
+            "not found: YouTube jobs would fail. Run the bundle's install.sh (or scripts/setup.sh in a checkout), or `pip install \"yt-dlp[default]\" deno`, or set CHAARFM_YTDLP",
+        )];
+    };
+    let version = match run_version(&y.path, &[]).await {
+        Ok(v) => v,
+        Err(e) => {
+            return vec![check(
+                "yt-dlp",
+                Status::Fail,
+                format!(
+                    "{} cannot run ({e}): reinstall it, or fix CHAARFM_YTDLP",
+                    y.path.display()
+                ),
+            )]
+        }
+    };
+    let mut out = vec![ytdlp_age_check(&y.path, &version, today)];
+    let deno = y
+        .deno
+        .clone()
+        .or_else(|| chaarfm_child::layout::on_path("deno"));
+    out.push(match deno {
+        None => check(
+            "js-runtime",
+            Status::Warn,
+            "no deno beside yt-dlp or on PATH: YouTube downloads need a JavaScript runtime since late 2025; `pip install deno` in yt-dlp's venv",
+        ),
+        Some(d) => match run_version(&d, &["--version"]).await {
+            Ok(v) => check(
+                "js-runtime",
+                Status::Ok,
+                format!("{} ({})", v.lines().next().unwrap_or(""), d.display()),
+            ),
+            Err(e) => check(
+                "js-runtime",
+                Status::Warn,
+                format!("{} cannot run ({e})", d.display()),
+            ),
+        },
+    });
+    out
+}
+
+/// `yt-dlp --version` is its release date, `YYYY.MM.DD[.N]`.
+pub fn ytdlp_age_check(path: &Path, version: &str, today: i64) -> Check {
+    let detail = format!("{version} ({})", path.display());
+    match release_days(version) {
+        Some(d) if today - d > YTDLP_MAX_AGE_DAYS => check(
+            "yt-dlp",
+            Status::Warn,
+            format!(
+                "{detail} is {} days old: YouTube breaks old versions; update it (`pip install -U \"yt-dlp[default]\"` in its venv)",
+                today - d
+            ),
+        ),
+        Some(_) => check("yt-dlp", Status::Ok, detail),
+        None => check(
+            "yt-dlp",
+            Status::Warn,
+            format!("{detail}: version not a date, age unknown"),
+        ),
+    }
+}
+
+/// Days since 1970-01-01 of a `YYYY.MM.DD` version.
+fn release_days(version: &str) -> Option<i64> {
+    let mut it = version.trim().split('.');
+    let y: i64 = it.next()?.parse().ok()?;
+    let m: u32 = it.next()?.parse().ok()?;
+    let d: u32 = it.next()?.parse().ok()?;
+    ((1..=12).contains(&m) && (1..=31).contains(&d)).then(|| days_from_civil(y, m, d))
+}
+
+/// Howard Hinnant's days_from_civil: proleptic Gregorian date to days since 1970-01-01.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn today_days() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| (d.as_secs() / 86_400) as i64)
+        .unwrap_or(0)
+}
+
+/// Runs `program args` (default `--version`) with a timeout; its trimmed stdout.
+async fn run_version(program: &Path, args: &[&str]) -> Result<String, String> {
+    let mut cmd = tokio::process::Command::new(program);
+    if args.is_empty() {
+        cmd.arg("--version");
+    } else {
+        cmd.args(args);
+    }
+    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let out = tokio::time::timeout(PROBE_TIMEOUT, cmd.output())
+        .await
+        .map_err(|_| format!("no answer in {} s", PROBE_TIMEOUT.as_secs()))?
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("exit status {}", out.status));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The state dir can be created and written, and has room for downloads.
+fn state_dir_check(dir: &Path) -> Check {
+    if let Err(e) = server::probe_disk(&dir.join("tmp")) {
+        return check(
+            "state-dir",
+            Status::Fail,
+            format!(
+                "{} is not writable ({e}): pass --state-dir DIR on a writable disk",
+                dir.display()
+            ),
+        );
+    }
+    match crate::os::free_bytes(dir) {
+        Some(free) if free < LOW_SPACE_BYTES => check(
+            "state-dir",
+            Status::Warn,
+            format!(
+                "{} writable, but only {} MB free: downloads pause when the disk is full; free some space",
+                dir.display(),
+                free >> 20
+            ),
+        ),
+        Some(free) => check(
+            "state-dir",
+            Status::Ok,
+            format!("{} writable, {:.1} GB free", dir.display(), free as f64 / 1e9),
+        ),
+        None => check(
+            "state-dir",
+            Status::Ok,
+            format!("{} writable (free space unknown)", dir.display()),
+        ),
+    }
+}
+
+/// `GET /api/keepalive`, then the worker handshake with the code, closed at once.
+async fn server_checks(base: &str, code: Option<&str>) -> Vec<Check> {
+    let Some(code) = code.map(str::trim).filter(|c| !c.is_empty()) else {
+        return vec![check(
+            "server",
+            Status::Skip,
+            "no pairing code: pass --code CODE (and --url URL) to check the server and the code",
+        )];
+    };
+    let url = match server::worker_url(base, code) {
+        Ok(u) => u,
+        Err(e) => return vec![check("server", Status::Fail, e.to_string())],
+    };
+    let base = base.trim_end_matches('/').to_string();
+    let keepalive = format!("{base}/api/keepalive");
+    let got = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(PROBE_TIMEOUT))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        agent.get(&keepalive).call().map(|r| r.status().as_u16())
+    })
+    .await;
+    let reach = match got {
+        Ok(Ok(s)) if (200..300).contains(&s) => {
+            check("server", Status::Ok, format!("{base} reachable"))
+        }
+        Ok(Ok(s)) => check(
+            "server",
+            Status::Warn,
+            format!("{base}/api/keepalive answered HTTP {s}: is --url a ChaarFM server?"),
+        ),
+        Ok(Err(e)) => {
+            return vec![check(
+                "server",
+                Status::Fail,
+                format!("cannot reach {base} ({e}): check --url and this machine's network"),
+            )]
+        }
+        Err(e) => return vec![check("server", Status::Fail, e.to_string())],
+    };
+    vec![reach, pairing_check(&url, &base, code).await]
+}
+
+/// The handshake alone: no hello, and closed before any job is worked (a job the server
+/// sent meanwhile goes back to its queue when the connection closes).
+async fn pairing_check(url: &str, base: &str, code: &str) -> Check {
+    use tokio_tungstenite::tungstenite::Error;
+    let masked = server::mask(code);
+    match tokio::time::timeout(PROBE_TIMEOUT, tokio_tungstenite::connect_async(url)).await {
+        Ok(Ok((mut ws, _))) => {
+            let _ = ws.close(None).await;
+            check(
+                "pairing",
+                Status::Ok,
+                format!("code {masked} accepted (connected and closed; no job taken)"),
+            )
+        }
+        Ok(Err(Error::Http(resp))) => {
+            let status = resp.status().as_u16();
+            let detail = if status == 401 || status == 403 {
+                format!("the server refused code {masked} (HTTP {status}): check --code against the /ingest page")
+            } else {
+                format!("{base} answered HTTP {status} to the worker endpoint: check --url")
+            };
+            check("pairing", Status::Fail, detail)
+        }
+        Ok(Err(e)) => check(
+            "pairing",
+            Status::Fail,
+            format!("worker connection failed: {e}"),
+        ),
+        Err(_) => check(
+            "pairing",
+            Status::Fail,
+            format!("no handshake in {} s", PROBE_TIMEOUT.as_secs()),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_count_days_since_the_epoch() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(days_from_civil(2026, 11, 26), 20_783);
+        assert_eq!(release_days("2026.10.26"), Some(20_752));
+        assert_eq!(release_days("2026.10.26.1"), Some(20_752));
+        assert_eq!(release_days("nightly"), None);
+        assert_eq!(release_days("2026.13.01"), None);
+    }
+
+    #[test]
+    fn an_old_ytdlp_is_a_warning_that_says_to_update() {
+        let p = Path::new("/x/yt-dlp");
+        let today = days_from_civil(2026, 11, 26);
+        assert_eq!(ytdlp_age_check(p, "2026.10.26", today).status, Status::Ok);
+        let old = ytdlp_age_check(p, "2025.06.30", today);
+        assert_eq!(old.status, Status::Warn);
+        assert!(old.detail.contains("days old") && old.detail.contains("pip install -U"));
+        assert_eq!(ytdlp_age_check(p, "weird", today).status, Status::Warn);
+    }
+
+    #[test]
+    fn the_verdict_counts_failures_only() {
+        let checks = vec![
+            check("a", Status::Ok, "fine"),
+            check("b", Status::Warn, "meh"),
+            check("c", Status::Skip, "later"),
+        ];
+        let text = render(&checks, 0);
+        assert!(
+            text.ends_with("the worker can run on this machine\n"),
+            "{text}"
+        );
+        assert!(text.starts_with("ok   a"), "{text}");
+        let text = render(&[check("d", Status::Fail, "broken")], 1);
+        assert!(
+            text.contains("FAIL d") && text.contains("1 check(s) failed"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_ytdlp_fails_and_says_how_to_install_it() {
+        let c = ytdlp_checks(None, 0).await;
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].status, Status::Fail);
+        assert!(c[0].detail.contains("install.sh"), "{}", c[0].detail);
+    }
+
+    #[test]
+    fn an_unwritable_state_dir_fails() {
+        let f = std::env::temp_dir().join(format!("doctor-file-{}", std::process::id()));
+        std::fs::write(&f, b"a file, not a dir").unwrap();
+        let c = state_dir_check(&f.join("state"));
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        assert!(c.detail.contains("--state-dir"));
+        std::fs::remove_file(&f).unwrap();
+    }
+}
