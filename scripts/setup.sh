@@ -2,6 +2,7 @@
 # Installs everything chaarfm-super needs to build and run on a fresh Debian machine with
 # Rust and Python 3 + pip. Idempotent: each step checks before it acts.
 #   - cmake: builds libsamplerate (samplerate crate) and libopus (opusic-sys) from source.
+#   - systemd (for systemd-analyze): the tests verify the service units it generates.
 #   - ONNX Runtime: the shared library from the `onnxruntime` wheel on PyPI, unpacked into
 #     .deps/onnxruntime/ (.cargo/config.toml points ORT_DYLIB_PATH there for cargo).
 #   - yt-dlp[default] and deno (the JavaScript runtime yt-dlp needs for YouTube since
@@ -16,6 +17,8 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 
 need_apt=()
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+# systemd-analyze: the tests verify the generated service units with it.
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing ${need_apt[*]} with apt-get"

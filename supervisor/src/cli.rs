@@ -65,6 +65,60 @@ pub struct ConnectArgs {
     pub pool: PoolArgs,
 }
 
+impl ConnectArgs {
+    /// Command-line options that reproduce these settings, without the URL and the code
+    /// (a service passes those through its environment file).
+    pub fn service_args(&self, state_dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = vec!["--state-dir".into(), state_dir.into()];
+        if self.lanes == Lanes::Off {
+            v.extend(["--lanes".into(), "off".into()]);
+        }
+        if self.allow_private_urls {
+            v.push("--allow-private-urls".into());
+        }
+        v.extend(self.pool.args().into_iter().map(Into::into));
+        v
+    }
+}
+
+impl PoolArgs {
+    /// Command-line options that reproduce these settings.
+    pub fn args(&self) -> Vec<String> {
+        let workers = match self.workers {
+            Workers::Auto => "auto".to_string(),
+            Workers::Count(n) => n.to_string(),
+        };
+        let device = self
+            .device
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_else(|| "auto".into());
+        let mut v = vec![
+            "--workers".into(),
+            workers,
+            "--device".into(),
+            device,
+            "--engine".into(),
+            self.engine.to_string(),
+            "--child-nice".into(),
+            self.child_nice.to_string(),
+        ];
+        for (flag, value) in [
+            ("--job-timeout", self.job_timeout),
+            ("--max-child-memory", self.max_child_memory),
+            (
+                "--max-jobs-per-child",
+                self.max_jobs_per_child.map(u64::from),
+            ),
+        ] {
+            if let Some(x) = value {
+                v.extend([flag.to_string(), x.to_string()]);
+            }
+        }
+        v
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Lanes {
     Auto,
@@ -85,6 +139,9 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Check that this machine can run the worker: one line per check, ok or what to do.
     Doctor(DoctorArgs),
+    /// Run the worker as a service (systemd; launchd on macOS), started at boot or login.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Internal: serve as a child process of a supervisor.
     #[command(name = "__child", hide = true)]
     Child(ChildArgs),
@@ -188,6 +245,43 @@ pub struct IngestArgs {
     pub paths: Vec<PathBuf>,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Write the unit (or agent) and the environment file holding the code, then enable
+    /// and start it.
+    Install(ServiceInstallArgs),
+    /// Whether the service is installed and running, and its recent log.
+    Status(ServiceWhich),
+    /// Stop and disable the service and remove its files (the state dir stays: it may hold
+    /// results not yet delivered).
+    Uninstall(ServiceWhich),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceWhich {
+    /// A user service (systemd --user; always on macOS) instead of a system one.
+    #[arg(long)]
+    pub user: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceInstallArgs {
+    #[command(flatten)]
+    pub which: ServiceWhich,
+
+    /// Write the files only: do not call systemctl (or launchctl).
+    #[arg(long)]
+    pub no_enable: bool,
+
+    /// Print the unit (or plist, code masked) instead of writing anything.
+    #[arg(long, conflicts_with = "no_enable")]
+    pub dry_run: bool,
+
+    /// Connect-mode options for the service (the code goes in a 0600 file, never argv).
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {
     /// ChaarFM server to check (with --code).
@@ -265,6 +359,54 @@ mod tests {
         assert_eq!((a.threads, a.batch), (2, 32));
         assert_eq!(a.engine, chaarfm_child::Engine::Patch);
         assert_eq!(a.nice, 7);
+    }
+
+    #[test]
+    fn a_service_gets_the_same_options_back_without_url_or_code() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--code",
+            "SECRET1",
+            "--url",
+            "http://h",
+            "--workers",
+            "3",
+            "--device",
+            "cpu",
+            "--engine",
+            "patch",
+            "--child-nice",
+            "5",
+            "--job-timeout",
+            "90",
+            "--max-child-memory",
+            "800",
+            "--max-jobs-per-child",
+            "7",
+            "--lanes",
+            "off",
+            "--allow-private-urls",
+        ])
+        .unwrap();
+        let args = cli
+            .connect
+            .service_args(std::path::Path::new("/var/lib/x y"));
+        let text: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
+        assert!(!text
+            .iter()
+            .any(|a| a.contains("SECRET1") || a.contains("http://h")));
+        let mut argv = vec![std::ffi::OsString::from("x")];
+        argv.extend(args);
+        let back = Cli::try_parse_from(argv).unwrap().connect;
+        assert_eq!(
+            back.state_dir.as_deref(),
+            Some(std::path::Path::new("/var/lib/x y"))
+        );
+        assert_eq!(back.lanes, Lanes::Off);
+        assert!(back.allow_private_urls);
+        assert_eq!(back.pool.args(), cli.connect.pool.args());
+        assert_eq!(back.pool.workers, Workers::Count(3));
+        assert_eq!(back.pool.max_jobs_per_child, Some(7));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! tracing on stderr: human by default, JSON with `--log-format json`; ANSI colours only
-//! when stderr is a terminal.
+//! when stderr is a terminal; under systemd (`JOURNAL_STREAM`) neither colours nor
+//! timestamps, which the journal adds.
 //!
 //! The supervisor's one runtime thread must never block or die on its log: lines go
 //! through a bounded queue to a writer thread, and when the queue is full (whoever reads
@@ -107,11 +108,14 @@ pub fn init(format: LogFormat, verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Under systemd (journald reads stderr) the journal stamps each line itself.
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal() && !journal)
         .with_writer(make_writer);
     match format {
+        LogFormat::Human if journal => builder.without_time().init(),
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
     }

@@ -10,6 +10,7 @@ mod logging;
 mod os;
 mod pool;
 mod server;
+mod service;
 mod signals;
 mod sizing;
 
@@ -61,6 +62,11 @@ fn main() -> ExitCode {
                     }
                 })
             }
+            Some(Command::Service(cmd)) => match cmd {
+                cli::ServiceCommand::Install(a) => service::install(a),
+                cli::ServiceCommand::Status(w) => service::status(w),
+                cli::ServiceCommand::Uninstall(w) => service::uninstall(w),
+            },
             Some(Command::Child(_)) => unreachable!("handled above"),
             None => connect(&cli.connect, cli.model.as_deref()).await,
         }
