@@ -33,7 +33,7 @@ fi
 # One name on every platform (dlopen and LoadLibrary take any file name), so that
 # .cargo/config.toml can name it.
 lib=libonnxruntime.so
-if [ ! -f "$deps/onnxruntime/$lib" ] || [ "$(cat "$deps/onnxruntime/VERSION" 2>/dev/null)" != "$ort_version" ]; then
+if [ ! -f "$deps/onnxruntime/$lib" ] || [ ! -f "$deps/onnxruntime/LICENSE" ] || [ "$(cat "$deps/onnxruntime/VERSION" 2>/dev/null)" != "$ort_version" ]; then
   say "fetching the onnxruntime $ort_version wheel from PyPI"
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
@@ -47,6 +47,8 @@ with zipfile.ZipFile(wheel) as z:
     libs = [n for n in z.namelist() if "/capi/" in n and os.path.basename(n).startswith(("libonnxruntime.", "onnxruntime.dll", "libonnxruntime_providers_shared"))]
     if not libs:
         sys.exit("setup: no ONNX Runtime library inside " + wheel)
+    # Its licence and notices travel with it into the release bundle.
+    libs += [n for n in z.namelist() if n in ("onnxruntime/LICENSE", "onnxruntime/ThirdPartyNotices.txt")]
     for n in libs:
         base = os.path.basename(n)
         # The main library gets its plain name, which is what the binary looks for.

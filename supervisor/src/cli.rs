@@ -61,6 +61,11 @@ pub struct ConnectArgs {
     #[arg(long, env = "CHAARFM_ALLOW_PRIVATE_URLS")]
     pub allow_private_urls: bool,
 
+    /// Serve Prometheus metrics at /metrics and a health check at /healthz on HOST:PORT
+    /// (a bare port: loopback only). Off by default.
+    #[arg(long, value_name = "ADDR", value_parser = crate::server::metrics::parse_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
+
     #[command(flatten)]
     pub pool: PoolArgs,
 }
@@ -75,6 +80,9 @@ impl ConnectArgs {
         }
         if self.allow_private_urls {
             v.push("--allow-private-urls".into());
+        }
+        if let Some(a) = self.metrics {
+            v.extend(["--metrics".into(), a.to_string().into()]);
         }
         v.extend(self.pool.args().into_iter().map(Into::into));
         v
@@ -386,6 +394,8 @@ mod tests {
             "--lanes",
             "off",
             "--allow-private-urls",
+            "--metrics",
+            "9464",
         ])
         .unwrap();
         let args = cli
@@ -404,6 +414,7 @@ mod tests {
         );
         assert_eq!(back.lanes, Lanes::Off);
         assert!(back.allow_private_urls);
+        assert_eq!(back.metrics, Some(([127, 0, 0, 1], 9464).into()));
         assert_eq!(back.pool.args(), cli.connect.pool.args());
         assert_eq!(back.pool.workers, Workers::Count(3));
         assert_eq!(back.pool.max_jobs_per_child, Some(7));

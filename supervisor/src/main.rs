@@ -135,6 +135,7 @@ async fn connect(
         lanes: args.lanes == cli::Lanes::Auto,
         allow_private_urls: args.allow_private_urls,
         state_dir,
+        metrics: args.metrics,
     };
     let result = server::run(opts, started.pool.clone(), started.children).await;
     // On every path, errors included: stop the children before waiting for the pool.

@@ -80,9 +80,30 @@ pub struct Stats {
     pub overhead_jobs: AtomicU64,
     /// Audio embedded by finished jobs, in ms (for x realtime).
     pub audio_ms: AtomicU64,
+    /// Restarts by [`policy::Cause::label`] (recycling and shutdown are not restarts).
+    pub restarts_by: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Jobs waiting for a child, as of the last housekeeping tick.
+    pub queued: AtomicUsize,
+    /// Unix time (s) of the last child death or job failure; 0: none yet.
+    pub last_error_unix: AtomicU64,
 }
 
 impl Stats {
+    /// Records that something went wrong now (`/metrics`' last error time).
+    pub fn note_error(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.last_error_unix.store(now, Ordering::Relaxed);
+    }
+
+    fn count_restart(&self, label: &'static str) {
+        if let Ok(mut m) = self.restarts_by.lock() {
+            *m.entry(label).or_insert(0) += 1;
+        }
+    }
+
     /// Mean IPC + scheduling overhead per finished job, in ms.
     pub fn overhead_ms(&self) -> f64 {
         let n = self.overhead_jobs.load(Ordering::Relaxed);
@@ -645,6 +666,10 @@ impl State {
         };
         if !asked_to_stop {
             self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+            self.stats.count_restart(cause.label());
+            if cause.fault != Fault::Supervisor {
+                self.stats.note_error();
+            }
         }
         self.slots[i].life = Life::Dead {
             restart_at: Some(Instant::now() + delay),
@@ -652,6 +677,7 @@ impl State {
     }
 
     fn housekeeping(&mut self) {
+        self.stats.queued.store(self.queue.len(), Ordering::Relaxed);
         let now = Instant::now();
         let gap = now.duration_since(self.last_tick);
         self.last_tick = now;

@@ -92,6 +92,25 @@ pub fn classify(ending: Ending, kill: Option<KillReason>) -> Cause {
 
 const SIGKILL: i32 = 9;
 
+impl Cause {
+    /// A short, fixed label for counting deaths by cause (`/metrics`).
+    pub fn label(&self) -> &'static str {
+        match self.kill {
+            Some(KillReason::Timeout(_)) => "timeout",
+            Some(KillReason::Memory { .. }) => "memory",
+            Some(KillReason::Heartbeat(_)) => "heartbeat",
+            Some(KillReason::HelloTimeout(_)) => "start_timeout",
+            Some(KillReason::Disconnected) => "ipc",
+            Some(KillReason::Shutdown | KillReason::PoolStopped) => "stopped",
+            None => match self.ending {
+                Ending::Signal(SIGKILL) => "external_kill",
+                Ending::Signal(_) => "crash",
+                Ending::Exit(_) | Ending::Unknown => "exit",
+            },
+        }
+    }
+}
+
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kill {

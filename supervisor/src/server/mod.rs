@@ -19,6 +19,7 @@
 pub mod download;
 pub mod guard;
 pub mod hub;
+pub mod metrics;
 pub mod outbox;
 pub mod status;
 pub mod work;
@@ -64,6 +65,8 @@ pub struct Options {
     /// Let jobs point at loopback, private and link-local addresses (`server::guard`).
     pub allow_private_urls: bool,
     pub state_dir: PathBuf,
+    /// Serve `/metrics` and `/healthz` here (`server::metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The pairing code as logs may show it: first two characters only.
@@ -296,6 +299,11 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<O
         let ctx = Arc::clone(&ctx);
         Arc::new(move |job| Box::pin(work::run(Arc::clone(&ctx), job)))
     };
+    // Bound before connecting, so a taken port is an error at once, not mid-run.
+    let metrics_listener = match opts.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let (hub, hub_task) = Hub::start(Arc::clone(&ctx.outbox), Arc::clone(&ctx.intake), runner);
     tracing::info!(url = %ctx.masked_url, slots, "connecting to ChaarFM");
     let mut lanes = tokio::task::JoinSet::new();
@@ -309,6 +317,18 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<O
         children,
     ));
     let rec = tokio::spawn(recover(Arc::clone(&ctx)));
+    let metrics_task = metrics_listener.map(|l| {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!("metrics on http://{a}/metrics and /healthz");
+        }
+        tokio::spawn(metrics::serve(
+            l,
+            Arc::clone(&ctx),
+            hub.clone(),
+            started,
+            children,
+        ))
+    });
 
     let mut signals = Signals::new()?;
     let mut connected = ctx.connected.subscribe();
@@ -371,6 +391,9 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<O
     keep.abort();
     rec.abort();
     status_task.abort();
+    if let Some(t) = &metrics_task {
+        t.abort();
+    }
     let last = status::snapshot(&ctx, &hub, started, children).await;
     hub_task.abort();
     let held = ctx.outbox.len();
@@ -469,6 +492,7 @@ async fn lane(ctx: Arc<Ctx>, hub: Hub, mut me: LaneHandle) {
             }
             Ok(Err(e)) => {
                 tracing::warn!(lane = id, error = %e, "cannot connect");
+                ctx.pool.stats.note_error();
                 let d = backoff.next_delay();
                 if wait_or_drain(&mut draining, d).await && me.view.borrow().busy == 0 {
                     return;
@@ -477,6 +501,7 @@ async fn lane(ctx: Arc<Ctx>, hub: Hub, mut me: LaneHandle) {
             }
             Err(_) => {
                 tracing::warn!(lane = id, "connecting timed out");
+                ctx.pool.stats.note_error();
                 let d = backoff.next_delay();
                 if wait_or_drain(&mut draining, d).await && me.view.borrow().busy == 0 {
                     return;
@@ -492,7 +517,10 @@ async fn lane(ctx: Arc<Ctx>, hub: Hub, mut me: LaneHandle) {
                 tracing::debug!(lane = id, "connection closed to hand a job back");
                 continue;
             }
-            Ended::Lost(why) => tracing::warn!(lane = id, %why, "connection lost; reconnecting"),
+            Ended::Lost(why) => {
+                tracing::warn!(lane = id, %why, "connection lost; reconnecting");
+                ctx.pool.stats.note_error();
+            }
         }
         let d = backoff.after_connection(since.elapsed(), useful);
         let _ = wait_or_drain(&mut draining, d).await;

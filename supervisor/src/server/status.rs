@@ -23,6 +23,12 @@ pub struct Snapshot {
     pub restarts: usize,
     pub connected: bool,
     pub outbox: usize,
+    /// Restarts by cause (`pool::policy::Cause::label`).
+    pub restarts_by: Vec<(&'static str, u64)>,
+    /// Jobs waiting for a child.
+    pub queued: usize,
+    /// Unix time of the last error (child death, job failure, lost connection); 0: none.
+    pub last_error_unix: u64,
 }
 
 /// One line a person reads at a glance.
@@ -59,6 +65,13 @@ pub async fn snapshot(ctx: &Ctx, hub: &Hub, started: Instant, children: usize) -
         restarts: stats.restarts.load(Ordering::Relaxed),
         connected: *ctx.connected.borrow(),
         outbox: ctx.outbox.len(),
+        restarts_by: stats
+            .restarts_by
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default(),
+        queued: stats.queued.load(Ordering::Relaxed),
+        last_error_unix: stats.last_error_unix.load(Ordering::Relaxed),
     }
 }
 
@@ -92,6 +105,9 @@ mod tests {
             restarts: 5,
             connected: true,
             outbox: 1,
+            restarts_by: vec![("crash", 5)],
+            queued: 0,
+            last_error_unix: 0,
         };
         assert_eq!(
             line(&s),
@@ -100,7 +116,7 @@ mod tests {
         let idle = Snapshot {
             elapsed_s: 0.0,
             connected: false,
-            ..s
+            ..s.clone()
         };
         assert!(line(&idle).contains("0.0x realtime") && line(&idle).contains("not connected"));
     }

@@ -1,0 +1,261 @@
+//! `--metrics ADDR`: Prometheus (OpenMetrics text) at `/metrics` and a health check at
+//! `/healthz`, for watching an overnight run from outside. Off by default; the address
+//! is loopback unless the user names another.
+//!
+//! Each scrape encodes the same figures as the status line (`status::snapshot`), taken
+//! at that moment, so the two never disagree and nothing is counted twice.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::hub::Hub;
+use super::status::{snapshot, Snapshot};
+use super::Ctx;
+
+/// A request head larger than this is refused (nothing we serve needs more).
+const MAX_REQUEST: usize = 8 * 1024;
+/// A client that sends nothing for this long is dropped.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `--metrics` value: `HOST:PORT`, or a bare port on loopback.
+pub fn parse_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().map_err(|_| {
+        format!("`{s}` is not HOST:PORT or a port (e.g. 127.0.0.1:9464, or 9464 for loopback)")
+    })
+}
+
+type Labels = Vec<(String, String)>;
+
+fn label(k: &str, v: &str) -> Labels {
+    vec![(k.to_string(), v.to_string())]
+}
+
+/// The snapshot as OpenMetrics text.
+pub fn render(s: &Snapshot) -> String {
+    let mut reg = Registry::with_prefix("chaarfm");
+    let jobs = Family::<Labels, Counter>::default();
+    let stored = s.summary.jobs_done.saturating_sub(s.summary.failed);
+    for (outcome, n) in [
+        ("stored", stored),
+        ("failed", s.summary.failed),
+        ("handed_back", s.summary.handed_back),
+    ] {
+        jobs.get_or_create(&label("outcome", outcome))
+            .inc_by(n as u64);
+    }
+    reg.register(
+        "jobs",
+        "Jobs finished, by outcome (failed: the track's fault; handed_back: returned to the server)",
+        jobs,
+    );
+    reg.register(
+        "audio_seconds",
+        "Seconds of audio embedded",
+        ConstCounter::new(s.audio_s),
+    );
+    let restarts = Family::<Labels, Counter>::default();
+    for (cause, n) in &s.restarts_by {
+        restarts.get_or_create(&label("cause", cause)).inc_by(*n);
+    }
+    reg.register(
+        "child_restarts",
+        "Child processes restarted, by cause",
+        restarts,
+    );
+    let gauge = |v: i64| {
+        let g = Gauge::<i64>::default();
+        g.set(v);
+        g
+    };
+    reg.register(
+        "children",
+        "Child processes configured",
+        gauge(s.children as i64),
+    );
+    reg.register(
+        "children_alive",
+        "Child processes alive",
+        gauge(s.alive as i64),
+    );
+    reg.register(
+        "queue_depth",
+        "Jobs waiting for a child",
+        gauge(s.queued as i64),
+    );
+    reg.register(
+        "outbox_results",
+        "Results held until the server has them",
+        gauge(s.outbox as i64),
+    );
+    reg.register(
+        "connected",
+        "1 when connected to the ChaarFM server",
+        gauge(i64::from(s.connected)),
+    );
+    reg.register(
+        "last_error_timestamp_seconds",
+        "Unix time of the last child death, job failure or lost connection (0: none)",
+        ConstGauge::new(s.last_error_unix as i64),
+    );
+    reg.register(
+        "uptime_seconds",
+        "Seconds since the worker started",
+        ConstGauge::new(s.elapsed_s),
+    );
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &reg);
+    out
+}
+
+/// Binds `addr` (before the worker starts, so a taken port is a clear error at once).
+pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot serve metrics on {addr}: {e} (choose another --metrics address)")
+    })
+}
+
+/// Serves `/metrics` and `/healthz` until aborted.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<Ctx>,
+    hub: Hub,
+    started: Instant,
+    children: usize,
+) {
+    loop {
+        let Ok((sock, _)) = listener.accept().await else {
+            // Out of fds or similar: try again shortly rather than spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let (ctx, hub) = (ctx.clone(), hub.clone());
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(READ_TIMEOUT, answer(sock, &ctx, &hub, started, children))
+                .await;
+        });
+    }
+}
+
+/// Reads one request head and answers it; the connection then closes.
+async fn answer(
+    mut sock: TcpStream,
+    ctx: &Ctx,
+    hub: &Hub,
+    started: Instant,
+    children: usize,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = sock.read(&mut chunk).await?;
+        if n == 0 || buf.len() + n > MAX_REQUEST {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut parts = head.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, ctype, body) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET", "/metrics") => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            render(&snapshot(ctx, hub, started, children).await),
+        ),
+        ("GET", "/healthz") => {
+            let s = snapshot(ctx, hub, started, children).await;
+            if s.alive > 0 {
+                (
+                    "200 OK",
+                    "text/plain",
+                    format!("ok: {}/{} children alive\n", s.alive, s.children),
+                )
+            } else {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "no child alive\n".to_string(),
+                )
+            }
+        }
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "/metrics or /healthz\n".into(),
+        ),
+        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(reply.as_bytes()).await?;
+    sock.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::hub::Summary;
+
+    #[test]
+    fn a_port_alone_means_loopback() {
+        assert_eq!(parse_addr("9464").unwrap().to_string(), "127.0.0.1:9464");
+        assert_eq!(parse_addr("0.0.0.0:80").unwrap().to_string(), "0.0.0.0:80");
+        assert!(parse_addr("localhost").unwrap_err().contains("HOST:PORT"));
+    }
+
+    #[test]
+    fn the_metrics_are_the_status_line_figures() {
+        let s = Snapshot {
+            summary: Summary {
+                jobs_done: 42,
+                failed: 3,
+                handed_back: 1,
+            },
+            audio_s: 9000.5,
+            elapsed_s: 120.0,
+            alive: 2,
+            children: 2,
+            restarts: 5,
+            connected: true,
+            outbox: 1,
+            restarts_by: vec![("crash", 4), ("timeout", 1)],
+            queued: 7,
+            last_error_unix: 1_790_000_000,
+        };
+        let text = render(&s);
+        for line in [
+            "chaarfm_jobs_total{outcome=\"stored\"} 39",
+            "chaarfm_jobs_total{outcome=\"failed\"} 3",
+            "chaarfm_jobs_total{outcome=\"handed_back\"} 1",
+            "chaarfm_audio_seconds_total 9000.5",
+            "chaarfm_child_restarts_total{cause=\"crash\"} 4",
+            "chaarfm_child_restarts_total{cause=\"timeout\"} 1",
+            "chaarfm_children_alive 2",
+            "chaarfm_queue_depth 7",
+            "chaarfm_outbox_results 1",
+            "chaarfm_connected 1",
+            "chaarfm_last_error_timestamp_seconds 1790000000",
+            "# TYPE chaarfm_jobs counter",
+            "# EOF",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+    }
+}
