@@ -5,12 +5,13 @@
 //! native code would end the doctor, not a worker.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use chaarfm_child::{model, runtime};
 use serde::Serialize;
 
 use crate::cli::DoctorArgs;
+use crate::date::days_from_civil;
 use crate::server::download::YtDlp;
 use crate::{server, sizing};
 
@@ -67,7 +68,7 @@ pub async fn run(args: &DoctorArgs, model_arg: Option<&Path>) -> anyhow::Result<
     };
     checks.push(check("workers", sizing_status, sizing_detail));
     checks.push(cuda_check(&inv));
-    checks.extend(ytdlp_checks(YtDlp::find(), today_days()).await);
+    checks.extend(ytdlp_checks(YtDlp::find(), crate::date::today()).await);
     let state_dir = args
         .state_dir
         .clone()
@@ -283,24 +284,6 @@ fn release_days(version: &str) -> Option<i64> {
     ((1..=12).contains(&m) && (1..=31).contains(&d)).then(|| days_from_civil(y, m, d))
 }
 
-/// Howard Hinnant's days_from_civil: proleptic Gregorian date to days since 1970-01-01.
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn today_days() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| (d.as_secs() / 86_400) as i64)
-        .unwrap_or(0)
-}
-
 /// Runs `program args` (default `--version`) with a timeout; its trimmed stdout.
 async fn run_version(program: &Path, args: &[&str]) -> Result<String, String> {
     let mut cmd = tokio::process::Command::new(program);
@@ -441,10 +424,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_count_days_since_the_epoch() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(days_from_civil(2026, 11, 26), 20_783);
+    fn ytdlp_versions_are_release_dates() {
         assert_eq!(release_days("2026.10.26"), Some(20_752));
         assert_eq!(release_days("2026.10.26.1"), Some(20_752));
         assert_eq!(release_days("nightly"), None);

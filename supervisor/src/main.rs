@@ -2,6 +2,7 @@
 
 mod batch;
 mod cli;
+mod date;
 mod doctor;
 mod embed;
 mod ingest;
@@ -22,7 +23,10 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format, cli.verbose);
+    if let Err(e) = logging::init(cli.log_format, cli.verbose, cli.log_file.as_deref()) {
+        eprintln!("error: {e} (check --log-file)");
+        return ExitCode::from(2);
+    }
     if let Some(Command::Child(args)) = &cli.command {
         let code = child(args, cli.model.as_deref());
         logging::flush();

@@ -306,8 +306,19 @@ pub fn install(args: &ServiceInstallArgs) -> anyhow::Result<Outcome> {
         crate::os::ensure_private_dir(&places.state_dir)
             .with_context(|| format!("creating the state dir {}", places.state_dir.display()))?;
     }
+    let mut service_args = c.service_args(&places.state_dir);
+    if cfg!(target_os = "macos") {
+        // launchd does not rotate; the worker does (a new file each day, 7 kept).
+        service_args.splice(
+            0..0,
+            [
+                "--log-file".into(),
+                places.log_file.clone().into_os_string(),
+            ],
+        );
+    }
     let spec = Spec {
-        args: c.service_args(&places.state_dir),
+        args: service_args,
         exe,
         url: c.url.clone(),
         code: code.to_string(),
