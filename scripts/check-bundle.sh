@@ -2,8 +2,9 @@
 # Checks a release bundle as a user would meet it: unpacked in a temporary directory,
 # outside this checkout, run with an empty environment (env -i: no PATH, no HOME, none of
 # the variables cargo sets). It must embed the corpus with Essentia's vectors (cos >=
-# 0.9999 against ../shared/corpus/refs.json) and its doctor must find the runtime and
-# the model. Exit status 0 only if all of that holds.
+# 0.9999 against ../shared/corpus/refs.json); after its install.sh, its doctor must find
+# the runtime, the model, yt-dlp and deno, all inside the bundle. Exit status 0 only if
+# all of that holds.
 set -euo pipefail
 tarball=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
 corpus=$(cd "$(dirname "$0")/../../shared/corpus" && pwd)
@@ -16,6 +17,8 @@ files=()
 for f in "$corpus"/*; do
   case "$f" in *.json) ;; *) files+=("$f") ;; esac
 done
+# The bundle's installer: yt-dlp[default] and deno into tools/ (PyPI).
+"$dir/install.sh" >&2
 set +e
 env -i "$dir/chaarfm-super" embed "${files[@]}" > "$tmp/out.jsonl" 2> "$tmp/err.log"
 status=$?
@@ -46,7 +49,7 @@ for rec in lines:
 if len(lines) != int(nfiles):
     bad.append(f"{len(lines)} results for {nfiles} files")
 checks = {c["check"]: c for c in json.load(open(doctor))["checks"]}
-for name in ("runtime", "model"):
+for name in ("runtime", "model", "yt-dlp", "js-runtime"):
     c = checks[name]
     print(f"check-bundle: doctor {name}: {c['status']}: {c['detail']}")
     c["status"] == "ok" or bad.append("doctor " + name)

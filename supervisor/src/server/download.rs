@@ -319,12 +319,17 @@ impl YtDlp {
 
     /// yt-dlp at `path`, with the deno beside it when deno is not on `PATH`.
     pub fn with_runtime_beside(path: PathBuf) -> YtDlp {
+        Self::with_runtime(path, layout::on_path("deno"))
+    }
+
+    /// As [`Self::with_runtime_beside`], given what `PATH` holds.
+    fn with_runtime(path: PathBuf, deno_on_path: Option<PathBuf>) -> YtDlp {
         let beside = path
             .parent()
             .map(|d| d.join(layout::exe_name("deno")))
             .filter(|d| d.is_file());
         let deno = match beside {
-            Some(d) if layout::on_path("deno").as_deref() != Some(d.as_path()) => Some(d),
+            Some(d) if deno_on_path.as_deref() != Some(d.as_path()) => Some(d),
             _ => None,
         };
         YtDlp { path, deno }
@@ -436,6 +441,28 @@ pub async fn ytdlp_download(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deno_beside_ytdlp_is_named_to_it_unless_path_has_it() {
+        let dir = std::env::temp_dir().join(format!("ytdlp-js-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (yt, deno) = (dir.join("yt-dlp"), dir.join(layout::exe_name("deno")));
+        std::fs::write(&yt, b"").unwrap();
+        let none = YtDlp::with_runtime(yt.clone(), None);
+        assert_eq!(none.deno, None, "no deno beside it");
+        assert!(none.runtime_args().is_empty());
+        std::fs::write(&deno, b"").unwrap();
+        let y = YtDlp::with_runtime(yt.clone(), Some(PathBuf::from("/usr/bin/deno")));
+        let mut want = std::ffi::OsString::from("deno:");
+        want.push(&deno);
+        assert_eq!(
+            y.runtime_args(),
+            vec![std::ffi::OsString::from("--js-runtimes"), want]
+        );
+        // The same deno on PATH: yt-dlp finds it itself.
+        assert_eq!(YtDlp::with_runtime(yt, Some(deno.clone())).deno, None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// A one-shot HTTP server on `ip`: answers every request with `response`; returns
     /// its port.
