@@ -1,47 +1,98 @@
 #!/usr/bin/env bash
-# Makes the release bundle dist/chaarfm-super-<version>-x86_64-unknown-linux-gnu.tar.gz
-# and checks it (scripts/check-bundle.sh): the stripped binary, ONNX Runtime in lib/,
-# the model with its manifest and licence note, the licences, a README and install.sh.
+# Makes a release bundle in dist/: the stripped binary, ONNX Runtime (from the PyPI
+# `onnxruntime` wheel of the target's platform) with its licence and notices, the model
+# with its manifest and licence note, the project's licences, a README and an installer
+# for yt-dlp[default] + deno. The layout and lookup rules are child::layout's.
 #
-#   scripts/release.sh          built with cargo-zigbuild against glibc 2.28 (Debian 10,
-#                               Ubuntu 20.04, RHEL 8), the floor of the onnxruntime wheel
-#                               (manylinux_2_28); cargo-zigbuild and zig come from PyPI
-#   scripts/release.sh --host   the binary built for this machine's glibc (quicker)
+#   scripts/release.sh                               Linux x86_64, glibc 2.28 floor (Debian 10,
+#                                                    Ubuntu 20.04, RHEL 8), the onnxruntime
+#                                                    wheel's own floor (manylinux_2_28); built
+#                                                    with cargo-zigbuild (PyPI), then checked
+#                                                    by scripts/check-bundle.sh
+#   scripts/release.sh --host                        the same with this machine's glibc
+#   scripts/release.sh --target x86_64-pc-windows-gnu   a .zip, cross-built here with zig;
+#                                                    not runnable here (contents checked only)
+#   scripts/release.sh --target aarch64-apple-darwin    on a Mac only (Apple's SDK links it)
 #
 # The model comes from CHAARFM_MODEL, else ../shared/models, else the user cache dir
 # (models/fetch.sh); it must be the published file (sha256 of models/msd-musicnn-1.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 host=0
-for a in "$@"; do
-  case "$a" in
+target=x86_64-unknown-linux-gnu
+while [ $# -gt 0 ]; do
+  case "$1" in
     --host) host=1 ;;
-    *) echo "release: unknown option $a (see the header of $0)" >&2; exit 2 ;;
+    --target) target=${2:?--target needs a target triple}; shift ;;
+    *) echo "release: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
   esac
+  shift
 done
 say() { printf 'release: %s\n' "$*" >&2; }
 bash scripts/setup.sh
 
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
-triple=x86_64-unknown-linux-gnu
+ort_version=$(cat .deps/onnxruntime/VERSION)
 glibc_floor=2.28
-[ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] || { say "builds the $triple bundle on Linux x86_64 only"; exit 2; }
 
-if [ "$host" = 1 ]; then
-  cargo build --release --locked -p chaarfm-super >&2
-  bin=target/release/chaarfm-super
-else
-  zig="$root/.deps/zig"
-  if [ ! -x "$zig/bin/cargo-zigbuild" ]; then
-    say "installing cargo-zigbuild and zig (PyPI) into $zig"
-    python3 -m venv "$zig"
-    "$zig/bin/pip" install --quiet "cargo-zigbuild==0.24.1" "ziglang==0.17.1"
-  fi
-  PATH="$zig/bin:$PATH" cargo zigbuild --release --locked -p chaarfm-super \
-    --target "$triple.$glibc_floor" >&2
-  bin="target/$triple/release/chaarfm-super"
-fi
+# The ONNX Runtime files of another platform's wheel, into $2.
+ort_wheel() {
+  local platform=$1 dest=$2
+  [ -f "$dest/VERSION" ] && [ "$(cat "$dest/VERSION")" = "$ort_version" ] && return
+  say "fetching the onnxruntime $ort_version wheel for $platform from PyPI"
+  local tmp; tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --platform "$platform" \
+    --python-version 3.11 -d "$tmp" "onnxruntime==$ort_version"
+  mkdir -p "$dest"
+  python3 - "$tmp" "$dest" <<'PY'
+import glob, os, sys, zipfile
+src, dst = sys.argv[1:]
+with zipfile.ZipFile(glob.glob(os.path.join(src, "*.whl"))[0]) as z:
+    for n in z.namelist():
+        base = os.path.basename(n)
+        lib = "/capi/" in n and (base.endswith(".dll") or base.endswith(".dylib"))
+        if lib or n in ("onnxruntime/LICENSE", "onnxruntime/ThirdPartyNotices.txt"):
+            # libonnxruntime.1.32.0.dylib is looked up as libonnxruntime.dylib.
+            if base.startswith("libonnxruntime.") and base.endswith(".dylib"):
+                base = "libonnxruntime.dylib"
+            with z.open(n) as f, open(os.path.join(dst, base), "wb") as out:
+                out.write(f.read())
+PY
+  echo "$ort_version" > "$dest/VERSION"
+  rm -rf "$tmp"
+}
+
+exe=chaarfm-super
+case "$target" in
+  x86_64-unknown-linux-gnu)
+    [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] || { say "the $target bundle is built on Linux x86_64"; exit 2; }
+    if [ "$host" = 1 ]; then
+      cargo build --release --locked -p chaarfm-super >&2
+      bin=target/release/chaarfm-super
+    else
+      source scripts/zig.sh
+      cargo zigbuild --release --locked -p chaarfm-super --target "$target.$glibc_floor" >&2
+      bin="target/$target/release/chaarfm-super"
+    fi
+    ort=.deps/onnxruntime; ort_files=(libonnxruntime.so libonnxruntime_providers_shared.so)
+    ort_dest=lib; archive=tar.gz ;;
+  x86_64-pc-windows-gnu)
+    source scripts/zig.sh
+    rustup target list --installed | grep -qx "$target" || rustup target add "$target" >&2
+    cargo zigbuild --release --locked -p chaarfm-super --target "$target" >&2
+    bin="target/$target/release/chaarfm-super.exe"; exe=chaarfm-super.exe
+    ort=.deps/onnxruntime-win_amd64; ort_wheel win_amd64 "$ort"
+    # Windows loads a DLL's dependencies from the executable's directory: keep them there.
+    ort_files=(onnxruntime.dll onnxruntime_providers_shared.dll); ort_dest=.; archive=zip ;;
+  aarch64-apple-darwin | x86_64-apple-darwin)
+    [ "$(uname -s)" = Darwin ] || { say "$target links against Apple's SDK: build it on a Mac"; exit 2; }
+    cargo build --release --locked -p chaarfm-super --target "$target" >&2
+    bin="target/$target/release/chaarfm-super"
+    [ "$target" = aarch64-apple-darwin ] && plat=macosx_14_0_arm64 || plat=macosx_13_0_x86_64
+    ort=".deps/onnxruntime-$plat"; ort_wheel "$plat" "$ort"
+    ort_files=(libonnxruntime.dylib); ort_dest=lib; archive=tar.gz ;;
+  *) say "no bundle recipe for $target"; exit 2 ;;
+esac
 
 model=""
 for m in "${CHAARFM_MODEL:-}" ../shared/models/msd-musicnn-1.onnx \
@@ -50,33 +101,64 @@ for m in "${CHAARFM_MODEL:-}" ../shared/models/msd-musicnn-1.onnx \
 done
 [ -n "$model" ] || { say "no model: run models/fetch.sh or set CHAARFM_MODEL"; exit 1; }
 want=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sha256"])' models/msd-musicnn-1.json)
-got=$(sha256sum "$model" | cut -d' ' -f1)
+got=$(python3 -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' "$model")
 [ "$got" = "$want" ] || { say "$model has sha256 $got, not the published $want: fetch it again (models/README.md)"; exit 1; }
 
-name="chaarfm-super-$version-$triple"
+name="chaarfm-super-$version-$target"
 stage="dist/$name"
-rm -rf "$stage" "dist/$name.tar.gz"
-mkdir -p "$stage/lib" "$stage/models"
-strip -o "$stage/chaarfm-super" "$bin"
-cp .deps/onnxruntime/libonnxruntime.so .deps/onnxruntime/libonnxruntime_providers_shared.so \
-  .deps/onnxruntime/LICENSE .deps/onnxruntime/ThirdPartyNotices.txt "$stage/lib/"
+rm -rf "$stage" "dist/$name.tar.gz" "dist/$name.zip"
+mkdir -p "$stage/models" "$stage/$ort_dest"
+if command -v strip >/dev/null && [ "$target" = x86_64-unknown-linux-gnu ]; then
+  strip -o "$stage/$exe" "$bin"
+else
+  # zig's and Apple's linkers already leave release binaries without debug sections.
+  cp "$bin" "$stage/$exe"
+fi
+for f in "${ort_files[@]}"; do cp "$ort/$f" "$stage/$ort_dest/"; done
+mkdir -p "$stage/licences/onnxruntime"
+cp "$ort/LICENSE" "$ort/ThirdPartyNotices.txt" "$stage/licences/onnxruntime/"
 cp "$model" "$stage/models/msd-musicnn-1.onnx"
 cp models/msd-musicnn-1.json models/LICENCE.md "$stage/models/"
 cp LICENSE-MIT LICENSE-APACHE "$stage/"
-sed "s/VERSION/$version/g; s/TARGET/$triple/g" scripts/bundle/README.md > "$stage/README.md"
-cp scripts/bundle/install.sh "$stage/install.sh"
-chmod 755 "$stage/chaarfm-super" "$stage/install.sh"
-tar -C dist -czf "dist/$name.tar.gz" "$name"
-
-# What the bundle asks of a machine: the newest glibc symbol version each part needs.
-floor() { objdump -T "$1" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n1; }
-bin_glibc=$(floor "$stage/chaarfm-super")
-ort_glibc=$(floor "$stage/lib/libonnxruntime.so")
-size=$(stat -c %s "dist/$name.tar.gz")
-say "dist/$name.tar.gz: $((size / 1024 / 1024)) MB ($size bytes)"
-say "needs glibc: chaarfm-super $bin_glibc, libonnxruntime.so $ort_glibc"
-[ "$size" -le $((50 * 1024 * 1024)) ] || { say "over the 50 MB target"; exit 1; }
-if [ "$host" = 0 ] && [ "$(printf '%s\n%s\n' "$bin_glibc" "$glibc_floor" | sort -V | tail -n1)" != "$glibc_floor" ]; then
-  say "the binary needs glibc $bin_glibc, above the $glibc_floor floor"; exit 1
+if [ "$archive" = zip ]; then
+  sed "s/VERSION/$version/g; s/TARGET/$target/g" scripts/bundle/README-windows.md > "$stage/README.md"
+  cp scripts/bundle/install.ps1 "$stage/install.ps1"
+  python3 - "$stage" "dist/$name.zip" <<'PY'
+import os, sys, zipfile
+stage, out = sys.argv[1:]
+root = os.path.dirname(stage)
+with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+    for d, _, files in sorted(os.walk(stage)):
+        for f in sorted(files):
+            p = os.path.join(d, f)
+            z.write(p, os.path.relpath(p, root))
+PY
+else
+  sed "s/VERSION/$version/g; s/TARGET/$target/g" scripts/bundle/README.md > "$stage/README.md"
+  cp scripts/bundle/install.sh "$stage/install.sh"
+  chmod 755 "$stage/$exe" "$stage/install.sh"
+  tar -C dist -czf "dist/$name.tar.gz" "$name"
 fi
-bash scripts/check-bundle.sh "dist/$name.tar.gz"
+out="dist/$name.$archive"
+size=$(wc -c < "$out")
+say "$out: $((size / 1024 / 1024)) MB ($size bytes)"
+[ "$size" -le $((50 * 1024 * 1024)) ] || { say "over the 50 MB target"; exit 1; }
+
+case "$target" in
+  x86_64-unknown-linux-gnu)
+    # What the bundle asks of a machine: the newest glibc symbol version each part needs.
+    floor() { objdump -T "$1" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n1; }
+    bin_glibc=$(floor "$stage/$exe")
+    say "needs glibc: chaarfm-super $bin_glibc, libonnxruntime.so $(floor "$stage/lib/libonnxruntime.so")"
+    if [ "$host" = 0 ] && [ "$(printf '%s\n%s\n' "$bin_glibc" "$glibc_floor" | sort -V | tail -n1)" != "$glibc_floor" ]; then
+      say "the binary needs glibc $bin_glibc, above the $glibc_floor floor"; exit 1
+    fi
+    bash scripts/check-bundle.sh "$out" ;;
+  x86_64-pc-windows-gnu)
+    # Nothing here runs a Windows binary: check what it is and what it imports.
+    if command -v objdump >/dev/null; then
+      objdump -f "$stage/$exe" | grep -q "pei-x86-64" || { say "$exe is not a Windows x86-64 executable"; exit 1; }
+      say "$exe imports: $(objdump -p "$stage/$exe" | sed -n 's/.*DLL Name: //p' | sort -u | tr '\n' ' ')"
+    fi
+    python3 -c 'import sys,zipfile; [print("  " + n) for n in zipfile.ZipFile(sys.argv[1]).namelist()]' "$out" >&2 ;;
+esac

@@ -18,7 +18,9 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 need_apt=()
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 # systemd-analyze: the tests verify the generated service units with it.
-command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+if [ "$(uname -s)" = Linux ]; then
+  command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing ${need_apt[*]} with apt-get"

@@ -23,9 +23,16 @@ pub enum RuntimeError {
     EnvMissing { path: PathBuf },
     #[error("ONNX Runtime library ({LIB_NAME}) not found; looked in: {looked}. A release bundle has it in lib/ beside the executable: unpack the whole bundle. Else put {LIB_NAME} there, or set ORT_DYLIB_PATH to its path (a checkout: run scripts/setup.sh and use cargo run, or scripts/run.sh)")]
     NotFound { looked: String },
-    #[error("cannot load ONNX Runtime from {path}: {message}")]
+    #[error("cannot load ONNX Runtime from {path}: {message}{}", LOAD_HINT)]
     Load { path: PathBuf, message: String },
 }
+
+/// What usually stops the library loading, per platform.
+const LOAD_HINT: &str = if cfg!(windows) {
+    " (onnxruntime.dll needs the Microsoft Visual C++ Redistributable 2015-2022, x64: install it)"
+} else {
+    ""
+};
 
 /// Finds the runtime library without loading it.
 pub fn locate() -> Result<PathBuf, RuntimeError> {

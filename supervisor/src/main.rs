@@ -38,6 +38,9 @@ fn main() -> ExitCode {
         os::remove_runtime_dir();
         default_hook(info);
     }));
+    if let Err(e) = os::contain_children() {
+        tracing::warn!(error = %e, "cannot tie the children's lifetime to this process");
+    }
     // One TLS provider for the WebSocket and downloads (ring; see Cargo.toml).
     let _ = rustls::crypto::ring::default_provider().install_default();
     // One thread: the supervisor only moves bytes and waits; children do the computing.

@@ -1,8 +1,15 @@
-//! Ctrl-C and SIGTERM as one stream of "please stop" events.
+//! Ctrl-C and SIGTERM (Windows: Ctrl-C, Ctrl-Break, the console closing, logoff and
+//! system shutdown) as one stream of "please stop" events.
 
 pub struct Signals {
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    brk: tokio::signal::windows::CtrlBreak,
+    #[cfg(windows)]
+    close: tokio::signal::windows::CtrlClose,
+    #[cfg(windows)]
+    shutdown: tokio::signal::windows::CtrlShutdown,
 }
 
 impl Signals {
@@ -10,17 +17,30 @@ impl Signals {
         Ok(Self {
             #[cfg(unix)]
             term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?,
+            #[cfg(windows)]
+            brk: tokio::signal::windows::ctrl_break()?,
+            #[cfg(windows)]
+            close: tokio::signal::windows::ctrl_close()?,
+            #[cfg(windows)]
+            shutdown: tokio::signal::windows::ctrl_shutdown()?,
         })
     }
 
-    /// Waits for the next Ctrl-C or SIGTERM.
+    /// Waits for the next stop request.
     pub async fn next(&mut self) {
         #[cfg(unix)]
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = self.term.recv() => {}
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = self.brk.recv() => {}
+            _ = self.close.recv() => {}
+            _ = self.shutdown.recv() => {}
+        }
+        #[cfg(not(any(unix, windows)))]
         let _ = tokio::signal::ctrl_c().await;
     }
 }

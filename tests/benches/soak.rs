@@ -6,9 +6,14 @@
 //!
 //! Run: `cargo bench -p chaarfm-tests --bench soak [-- --jobs N]` (after
 //! `cargo build --release`); ~15 minutes on 2 cores.
-use std::time::{Duration, Instant};
+#[cfg(not(target_os = "linux"))]
+fn main() {
+    eprintln!("the soak uses Linux's /proc and signals: run it on Linux");
+}
 
+#[cfg(target_os = "linux")]
 fn main() -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
     let args: Vec<String> = std::env::args().collect();
     let jobs = args
         .iter()

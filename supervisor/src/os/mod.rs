@@ -59,6 +59,18 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     imp::free_bytes(dir)
 }
 
+/// Makes sure no child outlives the supervisor, where the children cannot see to it
+/// themselves (Windows: a kill-on-close Job Object). Call before spawning anything.
+pub fn contain_children() -> std::io::Result<()> {
+    imp::contain_children()
+}
+
+/// Keeps the terminal's Ctrl-C from reaching a child directly: only the supervisor gets
+/// it, and drains.
+pub fn detach(cmd: &mut tokio::process::Command) {
+    imp::detach(cmd)
+}
+
 /// Whether process `pid` exists (any user's).
 pub fn pid_alive(pid: u32) -> bool {
     imp::pid_alive(pid)

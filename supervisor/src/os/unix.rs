@@ -24,3 +24,14 @@ pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     // Blocks available to an unprivileged user, in fragment-size units.
     Some(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
 }
+
+/// Nothing to do: each child sets PR_SET_PDEATHSIG itself (`child::isolation::harden`).
+pub fn contain_children() -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Its own process group: a terminal's Ctrl-C reaches only the supervisor, which then
+/// drains; children are stopped by the supervisor (or by PDEATHSIG if it dies).
+pub fn detach(cmd: &mut tokio::process::Command) {
+    cmd.process_group(0);
+}

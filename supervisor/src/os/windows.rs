@@ -1,4 +1,5 @@
-//! Windows: directories inherit the user profile's ACLs; liveness through sysinfo.
+//! Windows: directories inherit the user profile's ACLs; liveness through sysinfo; a
+//! Job Object so that no child outlives the supervisor (there is no PDEATHSIG).
 
 pub fn private_mode(_b: &mut std::fs::DirBuilder) {}
 
@@ -17,4 +18,52 @@ pub fn pid_alive(pid: u32) -> bool {
 /// Not measured on Windows yet (`doctor` says "unknown").
 pub fn free_bytes(_dir: &std::path::Path) -> Option<u64> {
     None
+}
+
+/// Puts this process in a job that kills every process in it when its last handle
+/// closes, which is when the supervisor exits or dies. Children (and yt-dlp) are created
+/// inside it, so none outlives the supervisor; nextest contains its tests the same way.
+pub fn contain_children() -> std::io::Result<()> {
+    use windows_sys::Win32::System::JobObjects::{
+        AssignProcessToJobObject, CreateJobObjectW, JobObjectExtendedLimitInformation,
+        SetInformationJobObject, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
+        JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
+    };
+    use windows_sys::Win32::System::Threading::GetCurrentProcess;
+    // SAFETY: null attributes and name create an anonymous job; the handle is checked.
+    let job = unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) };
+    if job.is_null() {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a plain C struct of integers, for which all-zero is a valid value.
+    let mut info: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = unsafe { std::mem::zeroed() };
+    info.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
+    // SAFETY: `info` is a valid JOBOBJECT_EXTENDED_LIMIT_INFORMATION of the size given,
+    // and `job` a job handle we own.
+    let ok = unsafe {
+        SetInformationJobObject(
+            job,
+            JobObjectExtendedLimitInformation,
+            std::ptr::from_ref(&info).cast(),
+            std::mem::size_of::<JOBOBJECT_EXTENDED_LIMIT_INFORMATION>() as u32,
+        )
+    };
+    if ok == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `job` is ours; the current-process pseudo-handle is always valid.
+    if unsafe { AssignProcessToJobObject(job, GetCurrentProcess()) } == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The job handle is never closed: the system closes it when this process ends, and
+    // the job then kills whatever is left in it.
+    Ok(())
+}
+
+/// Children get no console: console Ctrl-C and Ctrl-Break reach only the supervisor,
+/// which drains and stops them (the Unix process group's role).
+pub fn detach(cmd: &mut tokio::process::Command) {
+    /// `DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP` (winbase.h).
+    const FLAGS: u32 = 0x0000_0008 | 0x0000_0200;
+    cmd.creation_flags(FLAGS);
 }

@@ -256,10 +256,7 @@ fn launch(
         // Piped through the supervisor's own (non-blocking) log, prefixed with the slot.
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // Its own process group: a terminal's Ctrl-C reaches only the supervisor, which then
-    // drains; children are stopped by the supervisor (or by PDEATHSIG if it dies).
-    #[cfg(unix)]
-    cmd.process_group(0);
+    crate::os::detach(&mut cmd);
     let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
         exe: exe.to_path_buf(),
         source,
