@@ -1,4 +1,5 @@
-//! Audio decoding with symphonia (plus libopus for Opus), downmixed to mono by mean.
+//! Audio decoding with symphonia (plus libopus for Opus), downmixed to mono by mean;
+//! what symphonia cannot read goes to `ffmpeg` when it is installed (`crate::ffmpeg`).
 //!
 //! Pull-based and streaming: [`AudioStream::next_chunk`] yields one packet's worth of mono
 //! samples at the source rate, so a long track never sits in memory at its source rate.
@@ -25,11 +26,13 @@ pub enum DecodeError {
     Open(#[source] std::io::Error),
     #[error("file is empty")]
     Empty,
-    #[error("not a supported audio file ({0}); supported: MP3, AAC in MP4/M4A, Ogg Vorbis/Opus, WebM/Matroska Opus, FLAC, WAV")]
+    #[error("not a supported audio file ({0}); supported: MP3, MP1/MP2, AAC and ALAC in MP4/M4A, Ogg Vorbis/Opus, WebM/Matroska Opus, FLAC, WAV, AIFF, CAF{hint}", hint = FFMPEG_HINT)]
     UnsupportedFormat(String),
+    #[error("not an audio file that symphonia or ffmpeg can read ({0})")]
+    Unreadable(String),
     #[error("file has no audio track")]
     NoAudioTrack,
-    #[error("unsupported audio codec ({0})")]
+    #[error("unsupported audio codec ({0}){hint}", hint = FFMPEG_HINT)]
     UnsupportedCodec(String),
     #[error("no decodable audio in the file ({0})")]
     NoAudio(String),
@@ -38,6 +41,17 @@ pub enum DecodeError {
     #[error("sample rate changes mid-stream ({from} Hz to {to} Hz)")]
     RateChange { from: u32, to: u32 },
 }
+
+/// Said with a refusal when the ffmpeg fallback is not there.
+const FFMPEG_HINT: &str = "; installing ffmpeg adds WMA, AC3/E-AC3, WavPack, APE, Musepack and every other format it reads";
+
+/// File extensions of audio files, for walking folders (`ingest`): what symphonia reads,
+/// and what the ffmpeg fallback adds when installed.
+pub const AUDIO_EXTENSIONS: &[&str] = &[
+    "mp3", "mp2", "mp1", "mpa", "m4a", "m4b", "mp4", "aac", "alac", "ogg", "oga", "opus", "flac",
+    "wav", "wave", "aif", "aiff", "aifc", "caf", "webm", "mka", "mkv", "wma", "asf", "ac3", "eac3",
+    "wv", "ape", "mpc", "tta", "dts", "amr", "au", "snd",
+];
 
 /// Artist and title from the file's own tags (ID3, Vorbis comments, MP4 atoms...).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -70,11 +84,19 @@ fn codecs() -> &'static CodecRegistry {
 /// Give up on a file after this many packets in a row fail to decode.
 const MAX_CONSECUTIVE_BAD_PACKETS: usize = 200;
 
+/// Where the samples come from.
+enum Source {
+    Symphonia {
+        reader: Box<dyn FormatReader>,
+        decoder: Box<dyn AudioDecoder>,
+        track_id: u32,
+    },
+    Ffmpeg(crate::ffmpeg::FfmpegStream),
+}
+
 /// An open audio file yielding mono samples at its own rate.
 pub struct AudioStream {
-    reader: Box<dyn FormatReader>,
-    decoder: Box<dyn AudioDecoder>,
-    track_id: u32,
+    source: Source,
     sample_rate: u32,
     interleaved: Vec<f32>,
     stats: DecodeStats,
@@ -82,8 +104,32 @@ pub struct AudioStream {
 }
 
 impl AudioStream {
-    /// Opens and probes `path`; fails if it holds no decodable audio track.
+    /// Opens and probes `path`; fails if it holds no decodable audio track. A format or
+    /// codec symphonia lacks goes to ffmpeg, when installed.
     pub fn open(path: &Path) -> Result<Self, DecodeError> {
+        match Self::open_symphonia(path) {
+            Err(DecodeError::UnsupportedFormat(why) | DecodeError::UnsupportedCodec(why)) => {
+                let ext = path
+                    .extension()
+                    .map(|e| format!(".{}: ", e.to_string_lossy()))
+                    .unwrap_or_default();
+                let Some(ffmpeg) = crate::ffmpeg::find() else {
+                    return Err(DecodeError::UnsupportedFormat(format!("{ext}{why}")));
+                };
+                let ff = crate::ffmpeg::FfmpegStream::open(&ffmpeg, path, &format!("{ext}{why}"))?;
+                Ok(Self {
+                    sample_rate: ff.sample_rate,
+                    source: Source::Ffmpeg(ff),
+                    interleaved: Vec::new(),
+                    stats: DecodeStats::default(),
+                    done: false,
+                })
+            }
+            other => other,
+        }
+    }
+
+    fn open_symphonia(path: &Path) -> Result<Self, DecodeError> {
         let file = File::open(path).map_err(DecodeError::Open)?;
         if file.metadata().map(|m| m.len() == 0).unwrap_or(false) {
             return Err(DecodeError::Empty);
@@ -127,9 +173,11 @@ impl AudioStream {
             .ok_or_else(|| DecodeError::UnsupportedCodec("sample rate unknown".into()))?;
         let track_id = track.id;
         Ok(Self {
-            reader,
-            decoder,
-            track_id,
+            source: Source::Symphonia {
+                reader,
+                decoder,
+                track_id,
+            },
             sample_rate,
             interleaved: Vec::new(),
             stats: DecodeStats::default(),
@@ -151,7 +199,10 @@ impl AudioStream {
     pub fn file_tags(&mut self) -> FileTags {
         use symphonia::core::meta::StandardTag;
         let mut out = FileTags::default();
-        let mut meta = self.reader.metadata();
+        let Source::Symphonia { reader, .. } = &mut self.source else {
+            return out;
+        };
+        let mut meta = reader.metadata();
         loop {
             if let Some(rev) = meta.current() {
                 let per_track = rev.per_track.iter().flat_map(|t| t.metadata.tags.iter());
@@ -177,9 +228,30 @@ impl AudioStream {
     /// Replaces `mono` with the next decoded samples. Returns `false` at the end.
     pub fn next_chunk(&mut self, mono: &mut Vec<f32>) -> Result<bool, DecodeError> {
         mono.clear();
+        let (reader, decoder, track_id) = match &mut self.source {
+            Source::Symphonia {
+                reader,
+                decoder,
+                track_id,
+            } => (reader, decoder, *track_id),
+            Source::Ffmpeg(ff) => {
+                let channels = ff.channels;
+                while ff.next_interleaved(&mut self.interleaved)? {
+                    downmix(&self.interleaved, channels, mono);
+                    if mono.iter().any(|x| !x.is_finite()) {
+                        return Err(DecodeError::NonFinite);
+                    }
+                    self.stats.frames += mono.len() as u64;
+                    if !mono.is_empty() {
+                        return Ok(true);
+                    }
+                }
+                return Ok(false);
+            }
+        };
         let mut bad_in_a_row = 0;
         while !self.done {
-            let packet = match self.reader.next_packet() {
+            let packet = match reader.next_packet() {
                 Ok(Some(packet)) => packet,
                 Ok(None) | Err(SymErr::ResetRequired) => {
                     self.done = true;
@@ -196,10 +268,10 @@ impl AudioStream {
                     break;
                 }
             };
-            if packet.track_id != self.track_id {
+            if packet.track_id != track_id {
                 continue;
             }
-            let buf = match self.decoder.decode(&packet) {
+            let buf = match decoder.decode(&packet) {
                 Ok(buf) => buf,
                 Err(SymErr::DecodeError(_)) | Err(SymErr::IoError(_)) => {
                     self.stats.skipped_packets += 1;

@@ -69,6 +69,7 @@ pub async fn run(args: &DoctorArgs, model_arg: Option<&Path>) -> anyhow::Result<
     checks.push(check("workers", sizing_status, sizing_detail));
     checks.push(cuda_check(&inv));
     checks.extend(ytdlp_checks(YtDlp::find(), crate::date::today()).await);
+    checks.push(ffmpeg_check().await);
     let state_dir = args
         .state_dir
         .clone()
@@ -252,6 +253,33 @@ async fn ytdlp_checks(ytdlp: Option<YtDlp>, today: i64) -> Vec<Check> {
         },
     });
     out
+}
+
+/// The decoder's optional fallback for formats symphonia lacks.
+async fn ffmpeg_check() -> Check {
+    match chaarfm_child::ffmpeg::find() {
+        None => check(
+            "ffmpeg",
+            Status::Ok,
+            "not installed (optional): MP3, AAC, ALAC, Vorbis, Opus, FLAC, WAV, AIFF, CAF and MP1/MP2 decode without it; installing ffmpeg adds WMA, AC3, WavPack, APE, Musepack and more",
+        ),
+        Some(p) => match run_version(&p, &["-version"]).await {
+            Ok(v) => check(
+                "ffmpeg",
+                Status::Ok,
+                format!(
+                    "{} ({}): decodes what symphonia cannot (WMA, AC3, WavPack, APE...)",
+                    v.lines().next().unwrap_or("").trim(),
+                    p.display()
+                ),
+            ),
+            Err(e) => check(
+                "ffmpeg",
+                Status::Warn,
+                format!("{} cannot run ({e}): formats beyond symphonia's will fail", p.display()),
+            ),
+        },
+    }
 }
 
 /// `yt-dlp --version` is its release date, `YYYY.MM.DD[.N]`.

@@ -17,11 +17,6 @@ use chaarfm_shared::record::{done_files, FileStamp, JsonPath};
 use crate::cli::IngestArgs;
 use crate::{batch, embed, launch, Outcome};
 
-/// Extensions picked up when walking folders (files named explicitly are always tried).
-const AUDIO_EXTENSIONS: &[&str] = &[
-    "mp3", "m4a", "mp4", "aac", "ogg", "oga", "opus", "flac", "wav", "wave", "webm", "mka", "mkv",
-];
-
 /// Audio files under `paths`, in a stable order, each file once however it was reached
 /// (`d ./d /abs/d` name one folder). Symlinked folders are not followed (no loops);
 /// explicitly named files are taken whatever their extension. A path or folder that
@@ -67,10 +62,12 @@ fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Whether a file met while walking is audio, by the decoder's one list of extensions
+/// (files named explicitly are always tried).
 fn is_audio(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| AUDIO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        chaarfm_child::decode::AUDIO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
+    })
 }
 
 /// Size and mtime of `p`.
@@ -315,6 +312,18 @@ impl Appender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folders_yield_every_format_the_decoder_knows() {
+        for name in [
+            "a.mp3", "b.WMA", "c.wv", "d.aiff", "e.caf", "f.ape", "g.m4a", "h.ac3",
+        ] {
+            assert!(is_audio(Path::new(name)), "{name}");
+        }
+        for name in ["notes.txt", "cover.jpg", "noext"] {
+            assert!(!is_audio(Path::new(name)), "{name}");
+        }
+    }
 
     #[test]
     fn one_folder_named_three_ways_is_walked_once_and_bad_paths_are_skipped() {
