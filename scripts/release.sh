@@ -108,12 +108,11 @@ name="chaarfm-super-$version-$target"
 stage="dist/$name"
 rm -rf "$stage" "dist/$name.tar.gz" "dist/$name.zip"
 mkdir -p "$stage/models" "$stage/$ort_dest"
-if command -v strip >/dev/null && [ "$target" = x86_64-unknown-linux-gnu ]; then
-  strip -o "$stage/$exe" "$bin"
-else
-  # zig's and Apple's linkers already leave release binaries without debug sections.
-  cp "$bin" "$stage/$exe"
-fi
+case "$target" in
+  # binutils' strip handles ELF and PE alike (the Windows .exe: 66 MB -> 14 MB).
+  *-linux-gnu | *-windows-gnu) strip -o "$stage/$exe" "$bin" ;;
+  *) strip -S -o "$stage/$exe" "$bin" ;;   # Apple's strip, on a Mac
+esac
 for f in "${ort_files[@]}"; do cp "$ort/$f" "$stage/$ort_dest/"; done
 mkdir -p "$stage/licences/onnxruntime"
 cp "$ort/LICENSE" "$ort/ThirdPartyNotices.txt" "$stage/licences/onnxruntime/"
