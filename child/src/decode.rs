@@ -237,12 +237,7 @@ impl AudioStream {
             Source::Ffmpeg(ff) => {
                 let channels = ff.channels;
                 while ff.next_interleaved(&mut self.interleaved)? {
-                    downmix(&self.interleaved, channels, mono);
-                    if mono.iter().any(|x| !x.is_finite()) {
-                        return Err(DecodeError::NonFinite);
-                    }
-                    self.stats.frames += mono.len() as u64;
-                    if !mono.is_empty() {
+                    if to_mono(&self.interleaved, channels, mono, &mut self.stats)? {
                         return Ok(true);
                     }
                 }
@@ -300,12 +295,7 @@ impl AudioStream {
             }
             let channels = buf.spec().channels().count().max(1);
             buf.copy_to_vec_interleaved(&mut self.interleaved);
-            downmix(&self.interleaved, channels, mono);
-            if mono.iter().any(|x| !x.is_finite()) {
-                return Err(DecodeError::NonFinite);
-            }
-            self.stats.frames += mono.len() as u64;
-            if !mono.is_empty() {
+            if to_mono(&self.interleaved, channels, mono, &mut self.stats)? {
                 return Ok(true);
             }
         }
@@ -314,6 +304,22 @@ impl AudioStream {
         }
         Ok(false)
     }
+}
+
+/// Downmixes decoded samples into `mono`, refusing non-finite ones and counting frames;
+/// whether any came out. The same for every source, so every format follows one rule.
+fn to_mono(
+    interleaved: &[f32],
+    channels: usize,
+    mono: &mut Vec<f32>,
+    stats: &mut DecodeStats,
+) -> Result<bool, DecodeError> {
+    downmix(interleaved, channels, mono);
+    if mono.iter().any(|x| !x.is_finite()) {
+        return Err(DecodeError::NonFinite);
+    }
+    stats.frames += mono.len() as u64;
+    Ok(!mono.is_empty())
 }
 
 /// Mean of the channels of interleaved samples (Essentia `MonoMixer`, `downmix='mix'`).

@@ -208,7 +208,6 @@ async fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::hub::Summary;
 
     #[test]
     fn a_port_alone_means_loopback() {
@@ -219,22 +218,10 @@ mod tests {
 
     #[test]
     fn the_metrics_are_the_status_line_figures() {
+        let s = crate::server::status::example();
         let s = Snapshot {
-            summary: Summary {
-                jobs_done: 42,
-                failed: 3,
-                handed_back: 1,
-            },
             audio_s: 9000.5,
-            elapsed_s: 120.0,
-            alive: 2,
-            children: 2,
-            restarts: 5,
-            connected: true,
-            outbox: 1,
-            restarts_by: vec![("crash", 4), ("timeout", 1)],
-            queued: 7,
-            last_error_unix: 1_790_000_000,
+            ..s
         };
         let text = render(&s);
         for line in [

@@ -86,29 +86,35 @@ pub async fn every(ctx: Arc<Ctx>, hub: Hub, started: Instant, children: usize) {
     }
 }
 
+/// A run's figures for tests of what shows them (this line, `/metrics`).
+#[cfg(test)]
+pub fn example() -> Snapshot {
+    Snapshot {
+        summary: Summary {
+            jobs_done: 42,
+            failed: 3,
+            handed_back: 1,
+        },
+        audio_s: 9000.0,
+        elapsed_s: 120.0,
+        alive: 2,
+        children: 2,
+        restarts: 5,
+        connected: true,
+        outbox: 1,
+        restarts_by: vec![("crash", 4), ("timeout", 1)],
+        queued: 7,
+        last_error_unix: 1_790_000_000,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_status_line_says_everything_at_a_glance() {
-        let s = Snapshot {
-            summary: Summary {
-                jobs_done: 42,
-                failed: 3,
-                handed_back: 1,
-            },
-            audio_s: 9000.0,
-            elapsed_s: 120.0,
-            alive: 2,
-            children: 2,
-            restarts: 5,
-            connected: true,
-            outbox: 1,
-            restarts_by: vec![("crash", 5)],
-            queued: 0,
-            last_error_unix: 0,
-        };
+        let s = example();
         assert_eq!(
             line(&s),
             "42 done (3 failed), 1 handed back; 9000 s of audio, 75.0x realtime; 2/2 children alive, 5 restart(s); connected; outbox 1"
