@@ -13,7 +13,8 @@ use crate::sizing::{DeviceChoice, Workers};
     about = "One ChaarFM ingestion worker per machine"
 )]
 pub struct Cli {
-    /// Model file (default: CHAARFM_MODEL, the user cache dir, ../shared/models).
+    /// Model file (default: CHAARFM_MODEL, then models/ beside the executable, then the
+    /// user cache dir).
     #[arg(long, global = true, value_name = "PATH")]
     pub model: Option<PathBuf>,
 
@@ -41,17 +42,8 @@ pub struct Cli {
 /// Connect mode (no subcommand): `chaarfm-super --code CODE [--workers auto]`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
-    /// ChaarFM server.
-    #[arg(
-        long,
-        env = "CHAARFM_URL",
-        default_value = "https://chaarfm.onrender.com"
-    )]
-    pub url: String,
-
-    /// Pairing code from the server's /ingest page (asked for on a terminal when missing).
-    #[arg(long, env = "CHAARFM_CODE", hide_env_values = true)]
-    pub code: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
 
     /// Extra connections when the server gives one job per connection (today's server).
     #[arg(long, value_enum, default_value_t = Lanes::Auto)]
@@ -130,6 +122,23 @@ impl PoolArgs {
         }
         v
     }
+}
+
+/// Which ChaarFM server, and the pairing code for it (connect mode, `doctor`, `service`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// ChaarFM server.
+    #[arg(
+        long,
+        env = "CHAARFM_URL",
+        default_value = "https://chaarfm.onrender.com"
+    )]
+    pub url: String,
+
+    /// Pairing code from the server's /ingest page (asked for on a terminal when missing;
+    /// `doctor` checks it by connecting, then closing at once).
+    #[arg(long, env = "CHAARFM_CODE", hide_env_values = true)]
+    pub code: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -297,17 +306,9 @@ pub struct ServiceInstallArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {
-    /// ChaarFM server to check (with --code).
-    #[arg(
-        long,
-        env = "CHAARFM_URL",
-        default_value = "https://chaarfm.onrender.com"
-    )]
-    pub url: String,
-
-    /// Pairing code: checks the server and the code (connects, then closes at once).
-    #[arg(long, env = "CHAARFM_CODE", hide_env_values = true)]
-    pub code: Option<String>,
+    /// With --code: the server and the code are checked too.
+    #[command(flatten)]
+    pub server: ServerArgs,
 
     /// The state dir to check (default: the user state dir).
     #[arg(long, value_name = "DIR")]

@@ -75,7 +75,7 @@ pub async fn run(args: &DoctorArgs, model_arg: Option<&Path>) -> anyhow::Result<
         .clone()
         .unwrap_or_else(crate::os::default_state_dir);
     checks.push(state_dir_check(&state_dir));
-    checks.extend(server_checks(&args.url, args.code.as_deref()).await);
+    checks.extend(server_checks(&args.server.url, args.server.code.as_deref()).await);
     let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
     if args.json {
         let doc = serde_json::json!({ "ok": failed == 0, "checks": checks });

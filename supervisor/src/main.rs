@@ -121,7 +121,7 @@ async fn connect(
     model: Option<&std::path::Path>,
 ) -> anyhow::Result<Outcome> {
     use std::io::IsTerminal;
-    let code = match args.code.clone().filter(|c| !c.trim().is_empty()) {
+    let code = match args.server.code.clone().filter(|c| !c.trim().is_empty()) {
         Some(c) => c.trim().to_string(),
         None if std::io::stdin().is_terminal() => {
             logging::eprint("Pairing code (from the /ingest page): ");
@@ -131,13 +131,13 @@ async fn connect(
         }
         None => anyhow::bail!("no pairing code: pass --code CODE or set CHAARFM_CODE (run `chaarfm-super --help` for the commands)"),
     };
-    server::worker_url(&args.url, &code)?;
+    server::worker_url(&args.server.url, &code)?;
     let state_dir = args.state_dir.clone().unwrap_or_else(os::default_state_dir);
     // One supervisor per state dir, before anything in it is touched.
     let _lock = os::lock_state_dir(&state_dir)?;
     let started = launch::start_pool(&args.pool, model, &state_dir)?;
     let opts = server::Options {
-        base: args.url.clone(),
+        base: args.server.url.clone(),
         code,
         lanes: args.lanes == cli::Lanes::Auto,
         allow_private_urls: args.allow_private_urls,

@@ -275,21 +275,23 @@ pub fn install(args: &ServiceInstallArgs) -> anyhow::Result<Outcome> {
     }
     let user = args.which.user || cfg!(target_os = "macos");
     let c = &args.connect;
+    let url = &c.server.url;
     let code = c
+        .server
         .code
         .as_deref()
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .context("no pairing code: pass --code CODE (or set CHAARFM_CODE)")?;
     // Validates both (and the code's characters, which keeps the files well-formed).
-    crate::server::worker_url(&c.url, code)?;
-    if c.url
+    crate::server::worker_url(url, code)?;
+    if url
         .chars()
         .any(|ch| ch.is_whitespace() || ch.is_control() || ch == '"' || ch == '\\')
     {
         bail!(
             "the server URL {:?} has spaces, quotes or control characters",
-            c.url
+            url
         );
     }
     if !user && !is_root() && !args.dry_run {
@@ -320,7 +322,7 @@ pub fn install(args: &ServiceInstallArgs) -> anyhow::Result<Outcome> {
     let spec = Spec {
         args: service_args,
         exe,
-        url: c.url.clone(),
+        url: url.clone(),
         code: code.to_string(),
         state_dir: places.state_dir.clone(),
         user,
@@ -360,7 +362,7 @@ pub fn install(args: &ServiceInstallArgs) -> anyhow::Result<Outcome> {
         }
         return Ok(Outcome::Ok);
     }
-    write_private(&places.env_file, &env_file(&c.url, code))?;
+    write_private(&places.env_file, &env_file(url, code))?;
     say!(
         "wrote {} (0600; holds code {masked})",
         places.env_file.display()
