@@ -215,7 +215,7 @@ async fn ytdlp_checks(ytdlp: Option<YtDlp>, today: i64) -> Vec<Check> {
             "not found: YouTube jobs would fail. Run the bundle's install.sh (or scripts/setup.sh in a checkout), or `pip install \"yt-dlp[default]\" deno`, or set CHAARFM_YTDLP",
         )];
     };
-    let version = match run_version(&y.path, &[]).await {
+    let version = match run_version(&y.path, &["--version"]).await {
         Ok(v) => v,
         Err(e) => {
             return vec![check(
@@ -312,15 +312,12 @@ fn release_days(version: &str) -> Option<i64> {
     ((1..=12).contains(&m) && (1..=31).contains(&d)).then(|| days_from_civil(y, m, d))
 }
 
-/// Runs `program args` (default `--version`) with a timeout; its trimmed stdout.
+/// Runs `program args` (a version query) with a timeout; its trimmed stdout.
 async fn run_version(program: &Path, args: &[&str]) -> Result<String, String> {
     let mut cmd = tokio::process::Command::new(program);
-    if args.is_empty() {
-        cmd.arg("--version");
-    } else {
-        cmd.args(args);
-    }
-    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
     let out = tokio::time::timeout(PROBE_TIMEOUT, cmd.output())
         .await
         .map_err(|_| format!("no answer in {} s", PROBE_TIMEOUT.as_secs()))?

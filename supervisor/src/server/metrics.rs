@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -73,36 +73,24 @@ pub fn render(s: &Snapshot) -> String {
         "Child processes restarted, by cause",
         restarts,
     );
-    let gauge = |v: i64| {
-        let g = Gauge::<i64>::default();
-        g.set(v);
-        g
-    };
-    reg.register(
-        "children",
-        "Child processes configured",
-        gauge(s.children as i64),
-    );
-    reg.register(
-        "children_alive",
-        "Child processes alive",
-        gauge(s.alive as i64),
-    );
-    reg.register(
-        "queue_depth",
-        "Jobs waiting for a child",
-        gauge(s.queued as i64),
-    );
-    reg.register(
-        "outbox_results",
-        "Results held until the server has them",
-        gauge(s.outbox as i64),
-    );
-    reg.register(
-        "connected",
-        "1 when connected to the ChaarFM server",
-        gauge(i64::from(s.connected)),
-    );
+    // Values of this moment: constant gauges of the snapshot.
+    for (name, help, v) in [
+        ("children", "Child processes configured", s.children as i64),
+        ("children_alive", "Child processes alive", s.alive as i64),
+        ("queue_depth", "Jobs waiting for a child", s.queued as i64),
+        (
+            "outbox_results",
+            "Results held until the server has them",
+            s.outbox as i64,
+        ),
+        (
+            "connected",
+            "1 when connected to the ChaarFM server",
+            i64::from(s.connected),
+        ),
+    ] {
+        reg.register(name, help, ConstGauge::new(v));
+    }
     reg.register(
         "last_error_timestamp_seconds",
         "Unix time of the last child death, job failure or lost connection (0: none)",
