@@ -258,7 +258,19 @@ impl MelFrames {
         }
     }
 
-    /// Pads the end with zeros up to Essentia's frame count and returns all frames.
+    /// Frames computed so far.
+    pub fn frames(&self) -> usize {
+        self.out.frames
+    }
+
+    /// Moves out the frames computed since the last call (streaming: the caller keeps
+    /// only what it still needs).
+    pub fn take(&mut self) -> Vec<f32> {
+        std::mem::take(&mut self.out.data)
+    }
+
+    /// Pads the end with zeros up to Essentia's frame count and returns all frames (with
+    /// [`MelFrames::take`]: the frames not taken yet, with `frames` still the total).
     pub fn finish(mut self) -> MelSpectrogram {
         let total = frame_count(self.samples);
         while self.out.frames < total {

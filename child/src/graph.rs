@@ -503,6 +503,67 @@ pub fn conv_as_1d(model: &[u8], rw: &Conv1d) -> Result<Vec<u8>, GraphError> {
     Ok(with_graph(&top, &g))
 }
 
+/// The model with the time padding of each convolution in `convs` (`pads` =
+/// `[t_begin, f_begin, t_end, f_end]`) set to `begin` and `end`: with `0, 0` the timbral
+/// front-end computes only frames whose whole 7-frame window it is given (interior chunks
+/// of a track need no halo thrown away), with `halo, 0` or `0, halo` only a patch's own
+/// first or last frames, padded as the patch pads them.
+pub fn with_time_pads(
+    model: &[u8],
+    convs: &[String],
+    begin: i64,
+    end: i64,
+) -> Result<Vec<u8>, GraphError> {
+    let (top, gfields) = split_model(model)?;
+    let mut g = Vec::new();
+    let mut found = 0;
+    for f in &gfields {
+        if f.number != 1 || f.wire != 2 || !convs.contains(&node(f.payload)?.name) {
+            put_field(&mut g, f);
+            continue;
+        }
+        let mut n = Vec::new();
+        let mut padded = false;
+        for nf in fields(f.payload)? {
+            if nf.number != 5 || nf.wire != 2 {
+                put_field(&mut n, &nf);
+                continue;
+            }
+            let attr = fields(nf.payload)?;
+            let is_pads = attr.iter().any(|a| a.number == 1 && a.payload == b"pads");
+            if !is_pads {
+                put_field(&mut n, &nf);
+                continue;
+            }
+            let mut old = Vec::new();
+            for a in attr.iter().filter(|a| a.number == 8) {
+                let mut pos = 0;
+                while pos < a.payload.len() {
+                    old.push(varint(a.payload, &mut pos)? as i64);
+                }
+            }
+            let [_, f_begin, _, f_end] = old[..] else {
+                return Err(GraphError::Malformed("convolution pads are not 2-D"));
+            };
+            put_bytes(
+                &mut n,
+                5,
+                &ints_attribute("pads", &[begin, f_begin, end, f_end]),
+            );
+            padded = true;
+        }
+        if !padded {
+            return Err(GraphError::Malformed("convolution without explicit pads"));
+        }
+        put_bytes(&mut g, 1, &n);
+        found += 1;
+    }
+    if found != convs.len() {
+        return Err(GraphError::Missing(convs.join(", ")));
+    }
+    Ok(with_graph(&top, &g))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,5 +612,66 @@ mod tests {
         assert_eq!(got, values);
         let ints = tensor_proto("axes", &[1], 7, &3i64.to_le_bytes());
         assert!(float_tensor(&ints).is_err(), "int64 is not read as float");
+    }
+
+    #[test]
+    fn time_pads_are_rewritten_only_on_the_named_convolutions() {
+        let conv = |name: &str| {
+            node_proto(
+                name,
+                "Conv",
+                &["x", "w"],
+                &[&format!("{name}:0")],
+                &[
+                    ints_attribute("kernel_shape", &[7, 38]),
+                    ints_attribute("pads", &[3, 1, 3, 2]),
+                ],
+            )
+        };
+        let mut g = Vec::new();
+        put_bytes(&mut g, 1, &conv("a"));
+        put_bytes(&mut g, 1, &conv("b"));
+        let mut model = Vec::new();
+        put_uint(&mut model, 1, 8);
+        put_bytes(&mut model, 7, &g);
+        let pads_of = |model: &[u8]| -> Vec<(String, Vec<i64>)> {
+            let (_, gfields) = split_model(model).unwrap();
+            let mut out = Vec::new();
+            for f in gfields.iter().filter(|f| f.number == 1) {
+                let n = node(f.payload).unwrap();
+                for a in fields(f.payload).unwrap().iter().filter(|a| a.number == 5) {
+                    let attr = fields(a.payload).unwrap();
+                    if attr.iter().any(|x| x.number == 1 && x.payload == b"pads") {
+                        let v = attr
+                            .iter()
+                            .filter(|x| x.number == 8)
+                            .map(|x| varint(x.payload, &mut 0).unwrap() as i64)
+                            .collect();
+                        out.push((n.name.clone(), v));
+                    }
+                }
+            }
+            out
+        };
+        let head = with_time_pads(&model, &["a".into()], 3, 0).unwrap();
+        assert_eq!(
+            pads_of(&head),
+            vec![
+                ("a".into(), vec![3, 1, 0, 2]),
+                ("b".into(), vec![3, 1, 3, 2])
+            ]
+        );
+        let valid = with_time_pads(&model, &["a".into(), "b".into()], 0, 0).unwrap();
+        assert_eq!(
+            pads_of(&valid),
+            vec![
+                ("a".into(), vec![0, 1, 0, 2]),
+                ("b".into(), vec![0, 1, 0, 2])
+            ]
+        );
+        assert!(matches!(
+            with_time_pads(&model, &["c".into()], 0, 0),
+            Err(GraphError::Missing(_))
+        ));
     }
 }

@@ -6,7 +6,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use crate::features::{MelSpectrogram, BANDS, PATCH_FRAMES, PATCH_HOP, PATCH_LEN};
+use crate::features::{patch_count, MelSpectrogram, BANDS, PATCH_FRAMES, PATCH_HOP, PATCH_LEN};
 use crate::model::{self, manifest, ModelError};
 use crate::runtime::{self, RuntimeError};
 
@@ -116,7 +116,17 @@ pub struct Prediction {
 /// The sessions of one engine.
 enum Sessions {
     Patch(Session),
-    Shared { front: Session, rest: Session },
+    Shared(Box<SharedSessions>),
+}
+
+/// The shared engine's four sessions: the timbral front-end without time padding (a
+/// track's interior), with only a patch's first or last frames padded (its edges, as the
+/// whole model sees them), and the per-patch rest.
+struct SharedSessions {
+    front: Session,
+    head: Session,
+    tail: Session,
+    rest: Session,
 }
 
 /// A loaded MusiCNN model.
@@ -128,11 +138,14 @@ pub struct Musicnn {
     device: Device,
 }
 
-/// Frames of new timbral output the shared engine computes per front-end call. Measured
-/// (embed bench): at 512 a child peaks at 170-180 MB (210 MB on a 30-minute file), at
-/// 128 at the per-patch engine's 90-100 MB (134 MB) and no slower (the 6 halo frames cost
-/// 5%, smaller activations stay in cache); a whole track at once takes 2 GiB.
+/// Frames of new timbral output the shared engine computes per front-end call at most.
+/// Measured (embed bench): at 512 a child peaks at 170-180 MB (210 MB on a 30-minute
+/// file), at 128 at the per-patch engine's 90-100 MB and no slower (smaller activations
+/// stay in cache); a whole track at once takes 2 GiB.
 const FRONT_CHUNK: usize = 128;
+
+/// Mel frames a stream lets pile up before it drops those no patch needs any more.
+const MEL_SLACK: usize = 1024;
 
 impl Musicnn {
     /// Loads and verifies the model at `path`, then builds the engine's sessions.
@@ -181,9 +194,17 @@ impl Musicnn {
                         source,
                     })
                 };
-                let (front, rest) = cuts();
-                let front = crate::graph::extract(&file.bytes, &front).map_err(split_err)?;
-                let rewritten = match &manifest().shared.conv_1d {
+                let c = &manifest().shared;
+                let (front_cut, rest_cut) = cuts();
+                let halo = c.halo as i64;
+                let front_with = |begin, end| -> Result<Session, InferError> {
+                    let padded =
+                        crate::graph::with_time_pads(&file.bytes, &c.timbral_convs, begin, end)
+                            .map_err(split_err)?;
+                    let front = crate::graph::extract(&padded, &front_cut).map_err(split_err)?;
+                    session(&front).map_err(corrupt)
+                };
+                let rewritten = match &c.conv_1d {
                     Some(c) => {
                         let rw = crate::graph::Conv1d {
                             conv: c.conv.clone(),
@@ -195,11 +216,13 @@ impl Musicnn {
                     }
                     None => std::borrow::Cow::Borrowed(&file.bytes[..]),
                 };
-                let rest = crate::graph::extract(&rewritten, &rest).map_err(split_err)?;
-                Sessions::Shared {
-                    front: session(&front).map_err(corrupt)?,
+                let rest = crate::graph::extract(&rewritten, &rest_cut).map_err(split_err)?;
+                Sessions::Shared(Box::new(SharedSessions {
+                    front: front_with(0, 0)?,
+                    head: front_with(halo, 0)?,
+                    tail: front_with(0, halo)?,
                     rest: session(&rest).map_err(corrupt)?,
-                }
+                }))
             }
         };
         let batch = opts.batch.max(1);
@@ -241,55 +264,223 @@ impl Musicnn {
     pub fn engine(&self) -> Engine {
         match self.sessions {
             Sessions::Patch(_) => Engine::Patch,
-            Sessions::Shared { .. } => Engine::Shared,
+            Sessions::Shared(_) => Engine::Shared,
         }
     }
 
     /// Runs every whole patch of `mel` and averages the outputs.
     pub fn predict(&mut self, mel: &MelSpectrogram) -> Result<Prediction, InferError> {
+        let mut stream = self.stream();
+        stream.push(&mel.data[..mel.frames * BANDS])?;
+        stream.finish()
+    }
+
+    /// Starts a track whose mel frames arrive in pieces ([`Stream`]).
+    pub fn stream(&mut self) -> Stream<'_> {
         let m = manifest();
-        let patches = mel.patches();
-        let mut sums = Sums {
-            emb: vec![0f64; m.embedding_dim],
-            tags: vec![0f64; m.tags.len()],
-        };
-        match &mut self.sessions {
-            Sessions::Patch(session) => {
-                let mut buf = std::mem::take(&mut self.buf);
-                let mut p = 0;
-                while p < patches {
-                    let n = self.batch.min(patches - p);
-                    buf.clear();
-                    for q in p..p + n {
-                        buf.extend_from_slice(mel.patch(q));
-                    }
-                    let input = tensor(&[n, PATCH_FRAMES, BANDS], &buf)?;
-                    let outputs = session
-                        .run(ort::inputs![m.input.as_str() => input])
-                        .map_err(run_error)?;
-                    sums.add(&outputs, n)?;
-                    p += n;
-                }
-                self.buf = buf;
-            }
-            Sessions::Shared { front, rest } => {
-                shared_pass(front, rest, mel, self.batch, &mut sums)?;
-            }
+        let halo = m.shared.halo;
+        Stream {
+            model: self,
+            mel: Vec::new(),
+            mel_base: 0,
+            frames: 0,
+            next: 0,
+            sums: Sums {
+                emb: vec![0f64; m.embedding_dim],
+                tags: vec![0f64; m.tags.len()],
+            },
+            held: [Vec::new(), Vec::new()],
+            base: halo,
+            ready: halo,
         }
-        let mean = |sum: Vec<f64>| -> Vec<f32> {
-            sum.into_iter()
+    }
+}
+
+/// One track in flight (`infer::Stream`): mel frames are pushed as the decoder makes
+/// them and every batch of whole patches runs as soon as its frames are in, so decoding
+/// and inference interleave and memory stays bounded however long the track is: only the
+/// frames the next patch still needs are kept.
+pub struct Stream<'m> {
+    model: &'m mut Musicnn,
+    /// Mel frames from frame `mel_base` on, frame-major.
+    mel: Vec<f32>,
+    mel_base: usize,
+    /// Frames pushed so far.
+    frames: usize,
+    /// The next patch to run.
+    next: usize,
+    sums: Sums,
+    /// Shared engine: timbral outputs of frames `base..ready`, frame-major
+    /// (`[frame][channel]`), one vector per branch.
+    held: [Vec<f32>; 2],
+    base: usize,
+    ready: usize,
+}
+
+impl Stream<'_> {
+    /// Adds mel frames (`BANDS` floats each) and runs every full batch of whole patches.
+    pub fn push(&mut self, frames: &[f32]) -> Result<(), InferError> {
+        debug_assert_eq!(frames.len() % BANDS, 0);
+        self.mel.extend_from_slice(frames);
+        self.frames += frames.len() / BANDS;
+        self.run(false)
+    }
+
+    /// Patches run so far.
+    pub fn patches(&self) -> usize {
+        self.next
+    }
+
+    /// Runs the last whole patches and averages the outputs over all of them.
+    pub fn finish(mut self) -> Result<Prediction, InferError> {
+        self.run(true)?;
+        let patches = self.next;
+        let mean = |sum: &[f64]| -> Vec<f32> {
+            sum.iter()
                 .map(|s| (s / patches.max(1) as f64) as f32)
                 .collect()
         };
-        let vector = mean(sums.emb);
+        let vector = mean(&self.sums.emb);
         if vector.iter().any(|v| !v.is_finite()) {
             return Err(InferError::NonFinite);
         }
         Ok(Prediction {
             vector,
-            tags: mean(sums.tags),
+            tags: mean(&self.sums.tags),
             patches,
         })
+    }
+
+    /// Runs whole patches in batches; a smaller last batch only when `last`.
+    fn run(&mut self, last: bool) -> Result<(), InferError> {
+        let batch = self.model.batch;
+        loop {
+            let waiting = patch_count(self.frames) - self.next;
+            if waiting == 0 || (!last && waiting < batch) {
+                return Ok(());
+            }
+            let n = batch.min(waiting);
+            match &mut self.model.sessions {
+                Sessions::Patch(_) => self.patch_batch(n)?,
+                Sessions::Shared(_) => self.shared_batch(n)?,
+            }
+            self.next += n;
+            // Frames before the next patch are no longer needed by anything.
+            let drop = self.next * PATCH_HOP - self.mel_base;
+            if drop >= MEL_SLACK || last {
+                self.mel.drain(..drop * BANDS);
+                self.mel_base += drop;
+            }
+        }
+    }
+
+    /// Patch `q`'s frames.
+    fn patch(&self, q: usize) -> &[f32] {
+        let start = (q * PATCH_HOP - self.mel_base) * BANDS;
+        &self.mel[start..start + PATCH_LEN]
+    }
+
+    /// Frames `from..to` of the track.
+    fn frames(&self, from: usize, to: usize) -> &[f32] {
+        &self.mel[(from - self.mel_base) * BANDS..(to - self.mel_base) * BANDS]
+    }
+
+    /// The whole model on the next `n` patches.
+    fn patch_batch(&mut self, n: usize) -> Result<(), InferError> {
+        let m = manifest();
+        let mut buf = std::mem::take(&mut self.model.buf);
+        buf.clear();
+        for q in self.next..self.next + n {
+            buf.extend_from_slice(self.patch(q));
+        }
+        let Sessions::Patch(session) = &mut self.model.sessions else {
+            unreachable!("patch_batch runs only for the per-patch engine");
+        };
+        let input = tensor(&[n, PATCH_FRAMES, BANDS], &buf)?;
+        let outputs = session
+            .run(ort::inputs![m.input.as_str() => input])
+            .map_err(run_error)?;
+        self.sums.add(&outputs, n)?;
+        self.model.buf = buf;
+        Ok(())
+    }
+
+    /// The shared engine on the next `n` patches (`infer::shared_batch`, MUSICNN.md
+    /// section 8): the timbral front-end runs over the track's interior once, in chunks
+    /// of at most [`FRONT_CHUNK`] frames with no time padding (each chunk is given its
+    /// `halo` neighbours, so chunk borders are exact); each patch's first and last `halo`
+    /// frames are computed from the patch alone, padded as the whole model pads them
+    /// (the padding is a *normalized* zero, so it cannot be faked on the raw input); the
+    /// rest of the model runs per patch.
+    fn shared_batch(&mut self, n: usize) -> Result<(), InferError> {
+        let m = manifest();
+        let (ch, halo) = (m.shared.channels, m.shared.halo);
+        let (first, end) = (self.next, self.next + n);
+        let need = (end - 1) * PATCH_HOP + PATCH_FRAMES - halo;
+        while self.ready < need {
+            let to = (self.ready + FRONT_CHUNK).min(need);
+            let t = to - self.ready;
+            let input = self.frames(self.ready - halo, to + halo).to_vec();
+            let Sessions::Shared(s) = &mut self.model.sessions else {
+                unreachable!("shared_batch runs only for the shared engine");
+            };
+            let out = front_run(&mut s.front, &input, 1, t + 2 * halo, t)?;
+            for (h, o) in self.held.iter_mut().zip(&out) {
+                for f in 0..t {
+                    h.extend((0..ch).map(|c| o[c * t + f]));
+                }
+            }
+            self.ready = to;
+        }
+        // Both edges of every patch, from the patch's own frames.
+        let (mut heads, mut tails, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+        for q in first..end {
+            let patch = self.patch(q);
+            heads.extend_from_slice(&patch[..2 * halo * BANDS]);
+            tails.extend_from_slice(&patch[(PATCH_FRAMES - 2 * halo) * BANDS..]);
+            raw.extend_from_slice(patch);
+        }
+        let Sessions::Shared(s) = &mut self.model.sessions else {
+            unreachable!("shared_batch runs only for the shared engine");
+        };
+        let head = front_run(&mut s.head, &heads, n, 2 * halo, halo)?;
+        let tail = front_run(&mut s.tail, &tails, n, 2 * halo, halo)?;
+        let mut timbral: [Vec<f32>; 2] = [Vec::new(), Vec::new()];
+        for (b, t) in timbral.iter_mut().enumerate() {
+            t.reserve(n * ch * PATCH_FRAMES);
+            for (i, q) in (first..end).enumerate() {
+                let start = q * PATCH_HOP - self.base;
+                let (head, tail) = (&head[b][i * ch * halo..], &tail[b][i * ch * halo..]);
+                for c in 0..ch {
+                    for f in 0..PATCH_FRAMES {
+                        t.push(if f < halo {
+                            head[c * halo + f]
+                        } else if f >= PATCH_FRAMES - halo {
+                            tail[c * halo + f + halo - PATCH_FRAMES]
+                        } else {
+                            self.held[b][(start + f) * ch + c]
+                        });
+                    }
+                }
+            }
+        }
+        let shape_t = [n, ch, PATCH_FRAMES];
+        let outputs = s
+            .rest
+            .run(ort::inputs![
+                m.shared.raw.as_str() => tensor(&[n, 1, PATCH_FRAMES, BANDS], &raw)?,
+                m.shared.timbral[0].as_str() => tensor(&shape_t, &timbral[0])?,
+                m.shared.timbral[1].as_str() => tensor(&shape_t, &timbral[1])?,
+            ])
+            .map_err(run_error)?;
+        self.sums.add(&outputs, n)?;
+        // Timbral frames before the next patch's interior are no longer needed.
+        let drop = (end * PATCH_HOP + halo).min(self.ready) - self.base;
+        for h in &mut self.held {
+            h.drain(..drop * ch);
+        }
+        self.base += drop;
+        Ok(())
     }
 }
 
@@ -392,115 +583,25 @@ fn extract<'a>(
     Ok(data)
 }
 
-/// Runs the front-end on `frames` consecutive mel frames of each of `n` inputs laid out
-/// in `raw`; returns the two branches, each `[n, channels, frames]`.
+/// Runs a front-end session on `n` inputs of `t_in` consecutive mel frames each, laid
+/// out in `raw`; returns the two branches, each `[n, channels, t_out]`.
 fn front_run(
     front: &mut Session,
     raw: &[f32],
     n: usize,
-    frames: usize,
+    t_in: usize,
+    t_out: usize,
 ) -> Result<[Vec<f32>; 2], InferError> {
     let c = &manifest().shared;
-    let input = tensor(&[n, 1, frames, BANDS], raw)?;
+    let input = tensor(&[n, 1, t_in, BANDS], raw)?;
     let outputs = front
         .run(ort::inputs![c.raw.as_str() => input])
         .map_err(run_error)?;
-    let len = n * c.channels * frames;
+    let len = n * c.channels * t_out;
     Ok([
         extract(&outputs, &c.timbral[0], len)?.to_vec(),
         extract(&outputs, &c.timbral[1], len)?.to_vec(),
     ])
-}
-
-/// The shared engine (`infer::shared_pass`): the timbral front-end runs over the track
-/// in chunks of [`FRONT_CHUNK`] frames (with a halo each side, so chunk borders are
-/// exact), kept only as long as a patch still needs them; each patch's first and last
-/// `halo` frames are recomputed from the patch alone, as the whole model sees them (its
-/// convolutions pad the patch's edges); the rest of the model runs per patch.
-fn shared_pass(
-    front: &mut Session,
-    rest: &mut Session,
-    mel: &MelSpectrogram,
-    batch: usize,
-    sums: &mut Sums,
-) -> Result<(), InferError> {
-    let m = manifest();
-    let (ch, halo) = (m.shared.channels, m.shared.halo);
-    let edge = 2 * halo;
-    let (frames, patches) = (mel.frames, mel.patches());
-    // Timbral outputs held, frame-major `[frame][channel]`, from frame `base`.
-    let mut held: [Vec<f32>; 2] = [Vec::new(), Vec::new()];
-    let (mut base, mut ready) = (0usize, 0usize);
-    let mut edges_in = Vec::new();
-    let mut timbral: [Vec<f32>; 2] = [Vec::new(), Vec::new()];
-    let mut raw = Vec::new();
-    let mut p = 0;
-    while p < patches {
-        let n = batch.min(patches - p);
-        let need = (p + n - 1) * PATCH_HOP + PATCH_FRAMES;
-        while ready < need {
-            let end = (ready + FRONT_CHUNK).min(frames);
-            let (lo, hi) = (ready.saturating_sub(halo), (end + halo).min(frames));
-            let t = hi - lo;
-            let out = front_run(front, &mel.data[lo * BANDS..hi * BANDS], 1, t)?;
-            for (h, o) in held.iter_mut().zip(&out) {
-                for f in ready - lo..end - lo {
-                    h.extend((0..ch).map(|c| o[c * t + f]));
-                }
-            }
-            ready = end;
-        }
-        // Both edges of every patch, from the patch's own frames.
-        edges_in.clear();
-        for q in p..p + n {
-            let patch = mel.patch(q);
-            edges_in.extend_from_slice(&patch[..edge * BANDS]);
-            edges_in.extend_from_slice(&patch[(PATCH_FRAMES - edge) * BANDS..]);
-        }
-        let edges = front_run(front, &edges_in, 2 * n, edge)?;
-        raw.clear();
-        for (b, t) in timbral.iter_mut().enumerate() {
-            t.clear();
-            for (i, q) in (p..p + n).enumerate() {
-                let start = q * PATCH_HOP - base;
-                let (head, tail) = (
-                    &edges[b][2 * i * ch * edge..],
-                    &edges[b][(2 * i + 1) * ch * edge..],
-                );
-                for c in 0..ch {
-                    for f in 0..PATCH_FRAMES {
-                        t.push(if f < halo {
-                            head[c * edge + f]
-                        } else if f >= PATCH_FRAMES - halo {
-                            tail[c * edge + f + edge - PATCH_FRAMES]
-                        } else {
-                            held[b][(start + f) * ch + c]
-                        });
-                    }
-                }
-            }
-        }
-        for q in p..p + n {
-            raw.extend_from_slice(mel.patch(q));
-        }
-        let shape_t = [n, ch, PATCH_FRAMES];
-        let outputs = rest
-            .run(ort::inputs![
-                m.shared.raw.as_str() => tensor(&[n, 1, PATCH_FRAMES, BANDS], &raw)?,
-                m.shared.timbral[0].as_str() => tensor(&shape_t, &timbral[0])?,
-                m.shared.timbral[1].as_str() => tensor(&shape_t, &timbral[1])?,
-            ])
-            .map_err(run_error)?;
-        sums.add(&outputs, n)?;
-        p += n;
-        // Frames before the next patch are no longer needed.
-        let drop = (p * PATCH_HOP).min(ready) - base;
-        for h in &mut held {
-            h.drain(..drop * ch);
-        }
-        base += drop;
-    }
-    Ok(())
 }
 
 #[cfg(feature = "cuda")]

@@ -42,6 +42,9 @@ pub struct SharedCut {
     pub timbral: [String; 2],
     /// The reshape that pins time to 187 frames in the front-end.
     pub pinned_reshape: String,
+    /// The two timbral convolutions, whose time padding the front-end's variants set
+    /// (`graph::with_time_pads`).
+    pub timbral_convs: [String; 2],
     pub channels: usize,
     /// Frames each side a timbral output depends on (kernel 7: 3).
     pub halo: usize,

@@ -1,11 +1,12 @@
 //! One file to one vector: decode -> mono -> 16 kHz -> mel frames -> patches -> model -> mean.
-//! Decoding, resampling and features stream together; only mel frames are kept.
+//! Decoding, resampling, features and inference stream together: a patch runs as soon as
+//! its frames are made, and only the frames later patches need are kept.
 
 use std::path::Path;
 use std::time::Instant;
 
 use crate::decode::{AudioStream, DecodeError, DecodeStats, FileTags};
-use crate::features::{min_patch_seconds, MelFrames, MelSpectrogram, SAMPLE_RATE};
+use crate::features::{min_patch_seconds, patch_count, MelFrames, MelSpectrogram, SAMPLE_RATE};
 use crate::infer::{InferError, Musicnn};
 use crate::resample::{ResampleError, Resampler};
 
@@ -25,11 +26,14 @@ pub enum EmbedError {
     TooShort { seconds: f64 },
     #[error("audio is silent (peak {peak_dbfs:.0} dBFS): nothing to embed")]
     Silent { peak_dbfs: f64 },
+    #[error("audio is longer than {hours} hours: not a track")]
+    TooLong { hours: u64 },
     #[error(transparent)]
     Infer(#[from] InferError),
 }
 
 pub use chaarfm_shared::ipc::Timings;
+use chaarfm_shared::ipc::PROGRESS_EVERY_S;
 
 /// Audio of one file turned into model input.
 #[derive(Debug)]
@@ -60,10 +64,45 @@ pub struct Embedding {
     pub file_tags: FileTags,
 }
 
-/// Decodes, resamples and computes the mel frames of `path`, checking it is long enough
-/// and not silent.
-pub fn features(path: &Path) -> Result<Features, EmbedError> {
-    let mut t = Timings::default();
+/// What decoding a whole file found, besides its mel frames.
+struct Decoded {
+    frames: usize,
+    samples: usize,
+    peak: f32,
+    stats: DecodeStats,
+    source_rate: u32,
+    tags: FileTags,
+}
+
+impl Decoded {
+    fn seconds(&self) -> f64 {
+        self.samples as f64 / f64::from(SAMPLE_RATE)
+    }
+
+    /// Too short for one patch, or silent: nothing to embed.
+    fn check(&self) -> Result<(), EmbedError> {
+        if patch_count(self.frames) == 0 {
+            return Err(EmbedError::TooShort {
+                seconds: self.seconds(),
+            });
+        }
+        if self.peak < SILENCE_PEAK {
+            return Err(EmbedError::Silent {
+                peak_dbfs: 20.0 * f64::from(self.peak).log10(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Decodes `path`, resamples it and computes its mel frames, handing each run of new
+/// frames to `sink` (with the seconds of 16 kHz audio so far) as soon as it is made, so
+/// the caller keeps only what it needs. Timings go to `t`, except the sink's own.
+fn decode_frames(
+    path: &Path,
+    t: &mut Timings,
+    mut sink: impl FnMut(&[f32], f64) -> Result<(), EmbedError>,
+) -> Result<Decoded, EmbedError> {
     let start = Instant::now();
     let mut stream = AudioStream::open(path)?;
     let source_rate = stream.sample_rate();
@@ -73,12 +112,13 @@ pub fn features(path: &Path) -> Result<Features, EmbedError> {
     let mut peak = 0f32;
     let mut chunk = Vec::new();
     let mut feature_time = std::time::Duration::ZERO;
-    let mut push = |y: &[f32]| {
+    let mut push = |frames: &mut MelFrames, y: &[f32]| {
         let s = Instant::now();
         peak = y.iter().fold(peak, |p, x| p.max(x.abs()));
         frames.push(y);
         feature_time += s.elapsed();
     };
+    let max_samples = crate::ffmpeg::MAX_SECONDS as usize * SAMPLE_RATE as usize;
     loop {
         let s = Instant::now();
         let more = stream.next_chunk(&mut chunk)?;
@@ -87,33 +127,57 @@ pub fn features(path: &Path) -> Result<Features, EmbedError> {
             break;
         }
         let s = Instant::now();
-        resampler.process(&chunk, &mut push);
+        resampler.process(&chunk, &mut |y: &[f32]| push(&mut frames, y));
         t.resample_ms += ms(s);
+        if frames.samples() > max_samples {
+            return Err(EmbedError::TooLong {
+                hours: crate::ffmpeg::MAX_SECONDS / 3600,
+            });
+        }
+        let new = frames.take();
+        if !new.is_empty() {
+            sink(&new, frames.samples() as f64 / f64::from(SAMPLE_RATE))?;
+        }
     }
     let s = Instant::now();
-    resampler.finish(&mut push);
+    resampler.finish(&mut |y: &[f32]| push(&mut frames, y));
     t.resample_ms += ms(s);
     // Time inside `push` was counted under resampling too; move it to features.
     t.resample_ms -= feature_time.as_secs_f64() * 1e3;
     let s = Instant::now();
-    let mel = frames.finish();
-    t.features_ms = feature_time.as_secs_f64() * 1e3 + ms(s);
-
-    let seconds = mel.samples as f64 / f64::from(SAMPLE_RATE);
-    if mel.patches() == 0 {
-        return Err(EmbedError::TooShort { seconds });
-    }
-    if peak < SILENCE_PEAK {
-        return Err(EmbedError::Silent {
-            peak_dbfs: 20.0 * f64::from(peak).log10(),
-        });
-    }
-    Ok(Features {
-        mel,
-        decode: stream.stats().clone(),
+    let tail = frames.finish();
+    t.features_ms += feature_time.as_secs_f64() * 1e3 + ms(s);
+    sink(&tail.data, tail.samples as f64 / f64::from(SAMPLE_RATE))?;
+    Ok(Decoded {
+        frames: tail.frames,
+        samples: tail.samples,
+        peak,
+        stats: stream.stats().clone(),
         source_rate,
-        timings: t,
         tags: stream.file_tags(),
+    })
+}
+
+/// Decodes, resamples and computes all the mel frames of `path`, checking it is long
+/// enough and not silent (benchmarks and tests; jobs stream, see [`embed_file_observed`]).
+pub fn features(path: &Path) -> Result<Features, EmbedError> {
+    let mut t = Timings::default();
+    let mut data = Vec::new();
+    let d = decode_frames(path, &mut t, |frames, _| {
+        data.extend_from_slice(frames);
+        Ok(())
+    })?;
+    d.check()?;
+    Ok(Features {
+        mel: MelSpectrogram {
+            data,
+            frames: d.frames,
+            samples: d.samples,
+        },
+        decode: d.stats,
+        source_rate: d.source_rate,
+        timings: t,
+        tags: d.tags,
     })
 }
 
@@ -122,27 +186,43 @@ pub fn embed_file(path: &Path, model: &mut Musicnn) -> Result<Embedding, EmbedEr
     embed_file_observed(path, model, |_| {})
 }
 
-/// [`embed_file`], calling `decoded(seconds)` once the audio is decoded and before
-/// inference (the child reports it, so the supervisor can set the job's deadline). The
-/// one embed function: the child serves with it and the accuracy tests call it.
+/// [`embed_file`], calling `progress(seconds)` every [`PROGRESS_EVERY_S`] of audio
+/// decoded and embedded (the child reports it, so the supervisor knows the job is not
+/// hung). Decoding and inference interleave: patches run as soon as their frames are
+/// made, and only the frames later patches need are kept, so memory does not grow with
+/// the track's length. The one embed function: the child serves with it and the
+/// accuracy tests call it.
 pub fn embed_file_observed(
     path: &Path,
     model: &mut Musicnn,
-    decoded: impl FnOnce(f64),
+    mut progress: impl FnMut(f64),
 ) -> Result<Embedding, EmbedError> {
-    let f = features(path)?;
-    decoded(f.duration_s());
+    let mut timings = Timings::default();
+    let mut net = model.stream();
+    let mut infer = std::time::Duration::ZERO;
+    let mut reported = 0.0;
+    let d = decode_frames(path, &mut timings, |frames, seconds| {
+        let s = Instant::now();
+        net.push(frames)?;
+        infer += s.elapsed();
+        if seconds >= reported + PROGRESS_EVERY_S {
+            reported = seconds;
+            progress(seconds);
+        }
+        Ok(())
+    })?;
+    d.check()?;
     let s = Instant::now();
-    let p = model.predict(&f.mel)?;
-    let mut timings = f.timings;
-    timings.infer_ms = ms(s);
+    let p = net.finish()?;
+    infer += s.elapsed();
+    timings.infer_ms = infer.as_secs_f64() * 1e3;
     Ok(Embedding {
         vector: p.vector,
         tags: p.tags,
         patches: p.patches,
-        duration_s: f.duration_s(),
+        duration_s: d.seconds(),
         timings,
-        file_tags: f.tags,
+        file_tags: d.tags,
     })
 }
 

@@ -166,12 +166,12 @@ pub fn run(args: ServeArgs) -> i32 {
 }
 
 fn embed(model: &mut Musicnn, job: &ipc::Job, writer: &Writer) -> Result<JobOutput, String> {
-    let e = pipeline::embed_file_observed(&job.path.to_path_buf(), model, |duration_s| {
+    let e = pipeline::embed_file_observed(&job.path.to_path_buf(), model, |audio_s| {
         let _ = send(
             writer,
-            &FromChild::Decoded {
+            &FromChild::Progress {
                 id: job.id,
-                duration_s,
+                audio_s,
             },
         );
     })

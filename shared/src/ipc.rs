@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change to the types below.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
+
+/// Seconds of audio between two [`FromChild::Progress`] reports of a job (~1 s of a
+/// child's time here).
+pub const PROGRESS_EVERY_S: f64 = 30.0;
 
 /// Largest frame accepted; a result is ~1 KB, so anything near this is corruption.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -157,10 +161,11 @@ pub enum FromChild {
     Fatal {
         message: String,
     },
-    /// Audio of job `id` decoded: `duration_s` of it; the supervisor sets the job's deadline.
-    Decoded {
+    /// Job `id` has decoded and embedded `audio_s` seconds of audio so far (sent every
+    /// [`PROGRESS_EVERY_S`] of audio): the supervisor pushes the job's deadline back.
+    Progress {
         id: u64,
-        duration_s: f64,
+        audio_s: f64,
     },
     Done {
         id: u64,

@@ -87,7 +87,7 @@ fn from_child() -> impl Strategy<Value = FromChild> {
             }
         ),
         text().prop_map(|message| FromChild::Fatal { message }),
-        (any::<u64>(), f64s()).prop_map(|(id, duration_s)| FromChild::Decoded { id, duration_s }),
+        (any::<u64>(), f64s()).prop_map(|(id, audio_s)| FromChild::Progress { id, audio_s }),
         (any::<u64>(), job_output()).prop_map(|(id, output)| FromChild::Done { id, output }),
         (any::<u64>(), text()).prop_map(|(id, message)| FromChild::Failed {
             id,

@@ -180,8 +180,8 @@ pub struct PoolArgs {
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
 
-    /// Fixed per-job timeout in seconds (default: 120 s to decode, then
-    /// max(60 s, audio length / 4) for inference).
+    /// Fixed per-job timeout in seconds (default: none; a job must instead report
+    /// progress within 120 s, then every 60 s, one report per 30 s of audio).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub job_timeout: Option<u64>,
 

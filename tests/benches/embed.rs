@@ -2,7 +2,7 @@
 //! resample, inference in ms per patch for the per-patch and the shared engine (best of
 //! two alternating runs on the same features), x realtime of each (in-process, one ONNX
 //! Runtime thread), then the peak RSS of a child process embedding that file alone
-//! (`chaarfm-super ingest --workers 1 --engine ...`).
+//! (`chaarfm-super ingest --workers 1 --engine ...`), and on a 30- and a 120-minute file.
 //!
 //! Run: `cargo bench -p chaarfm-tests --bench embed` (after `cargo build --release`).
 //! Options: `--batch N`, `--threads N`, `--features-only`, `--no-rss`.
@@ -130,13 +130,16 @@ fn main() -> anyhow::Result<()> {
         infer_patch / infer_shared
     );
     if !flag("--no-rss") {
-        let long = long_file(&dir, 30.0 * 60.0)?;
-        println!(
-            "a 30-minute file ({}): child peak RSS {} MB per-patch engine, {} MB shared engine",
-            long.display(),
-            child_peak_mb(&dir, &long, "patch"),
-            child_peak_mb(&dir, &long, "shared")
-        );
+        // Memory must not grow with the track: frames stream through the model.
+        for minutes in [30, 120] {
+            let long = long_file(&dir, f64::from(minutes) * 60.0)?;
+            println!(
+                "a {minutes}-minute file: child peak RSS {} MB per-patch engine, {} MB shared engine",
+                child_peak_mb(&dir, &long, "patch"),
+                child_peak_mb(&dir, &long, "shared")
+            );
+            std::fs::remove_file(&long)?;
+        }
     }
     Ok(())
 }
@@ -156,7 +159,7 @@ fn long_file(dir: &TempDir, seconds: f64) -> anyhow::Result<std::path::PathBuf> 
         let take = (want - all.len()).min(pcm.len());
         all.extend_from_slice(&pcm[..take]);
     }
-    let path = dir.join("thirty-minutes.wav");
+    let path = dir.join(&format!("{:.0}-minutes.wav", seconds / 60.0));
     chaarfm_tests::wav::write(&path, rate, 1, chaarfm_tests::wav::Encoding::Pcm16, &all)?;
     Ok(path)
 }

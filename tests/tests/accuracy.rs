@@ -123,8 +123,8 @@ fn shared_engine_seams_and_batches_match_the_per_patch_engine() {
         )
         .expect("load model")
     });
-    // 187: one patch, ending at the last frame; 280: two, the same; 700 and 1300: chunk
-    // borders at 512 and 1024 fall inside patches; the whole file.
+    // 187: one patch, ending at the last frame; 280: two, the same; 700 and 1300: a
+    // final batch of 5 smaller than the batch; the whole file.
     for frames in [187, 280, 700, 1300, full.frames] {
         let mel = MelSpectrogram {
             data: full.data[..frames * BANDS].to_vec(),
@@ -144,5 +144,43 @@ fn shared_engine_seams_and_batches_match_the_per_patch_engine() {
                 .fold(0f32, f32::max);
             assert!(diff <= 1e-5, "{frames} frames: max abs diff {diff:e}");
         }
+    }
+}
+
+/// A track whose frames arrive in pieces of any size (as the decoder makes them) gets
+/// exactly the vector of the same frames pushed at once, with either engine and batch
+/// size: no patch is run twice or skipped, and no frame is dropped while still needed.
+#[test]
+fn streamed_frames_give_the_same_vector_as_the_whole_track() {
+    use chaarfm_child::features::BANDS;
+    let mel = pipeline::features(&corpus_dir().join("palace.wav"))
+        .expect("features")
+        .mel;
+    for (engine, batch) in [(Engine::Shared, 1), (Engine::Shared, 4), (Engine::Patch, 3)] {
+        let mut m = Musicnn::load(
+            &model::resolve(None).expect("model"),
+            &InferOptions {
+                batch,
+                engine,
+                ..InferOptions::default()
+            },
+        )
+        .expect("load model");
+        let want = m.predict(&mel).expect("whole track");
+        // Piece sizes cycle through 1 frame, a few, a hop, and more than a patch.
+        let mut stream = m.stream();
+        let (mut at, mut k) = (0, 0);
+        while at < mel.frames {
+            let n = [1, 7, 93, 250, 2][k % 5].min(mel.frames - at);
+            stream
+                .push(&mel.data[at * BANDS..(at + n) * BANDS])
+                .expect("push");
+            at += n;
+            k += 1;
+        }
+        let got = stream.finish().expect("finish");
+        assert_eq!(got.patches, want.patches, "{engine} batch {batch}");
+        assert_eq!(got.vector, want.vector, "{engine} batch {batch}: vector");
+        assert_eq!(got.tags, want.tags, "{engine} batch {batch}: tags");
     }
 }

@@ -2,8 +2,9 @@
 //! job and every child; the rest of the supervisor talks to it through [`Pool`].
 //!
 //! - Each child is in exactly one [`Life`] state; only `Idle` children receive jobs.
-//! - A job goes to an idle child; its deadline is set when the child reports the audio's
-//!   length ([`job_timeout`]).
+//! - A job goes to an idle child, which must keep reporting progress: a job with no
+//!   `Progress` for [`PROGRESS_TIMEOUT`] (or, with `--job-timeout`, not done within it) is
+//!   hung, however long its track.
 //! - A child that dies, hangs past its deadline, stops sending heartbeats or exceeds the
 //!   memory ceiling is killed if need be, and its job is handed on by [`policy::reassign`].
 //!   The supervisor's own routine kills are never charged to a job.
@@ -36,9 +37,12 @@ use proc::{Control, Event, SpawnError, Spawner, Tag};
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A child must say hello (model loaded) within this.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(60);
-/// Deadline of a job until the child reports the audio's length (decoding a 1-hour file
-/// takes ~10 s here).
-const DECODE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Time from dispatch to a job's first progress report (opening and probing the file,
+/// then decoding and embedding its first [`ipc::PROGRESS_EVERY_S`] of audio: ~1 s here).
+pub const FIRST_PROGRESS_TIMEOUT: Duration = Duration::from_secs(120);
+/// Time between two progress reports of a job ([`ipc::PROGRESS_EVERY_S`] of audio, ~1 s
+/// of a core here: a >50x margin for slower machines and GPU batches).
+pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
 /// Children dying before hello this many times in a row stop the pool.
 const MAX_EARLY_DEATHS: u32 = 5;
 /// With no child alive, this many failed starts in a row stop the pool.
@@ -52,17 +56,10 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// The socket closed but the process lives on: killed after this.
 const EOF_GRACE: Duration = Duration::from_secs(2);
 
-/// Time allowed for a job's inference once its audio length is known: 60 s, or a quarter
-/// of the audio's duration if longer (inference runs ~50x realtime per core here, so this
-/// leaves a >10x margin for slower machines). `--job-timeout` replaces the whole rule.
-pub fn job_timeout(duration_s: f64) -> Duration {
-    Duration::from_secs_f64((duration_s * 0.25).max(60.0))
-}
-
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub children: Vec<ChildSpec>,
-    /// Fixed per-job timeout (`--job-timeout`), replacing [`job_timeout`].
+    /// Fixed per-job timeout (`--job-timeout`), replacing the progress deadlines.
     pub job_timeout: Option<Duration>,
     pub max_child_memory_mb: u64,
     /// Recycle a child after this many jobs (`--max-jobs-per-child`).
@@ -496,7 +493,7 @@ impl State {
             let Some(job) = self.jobs.get(&id) else {
                 continue;
             };
-            let timeout = self.cfg.job_timeout.unwrap_or(DECODE_TIMEOUT);
+            let timeout = self.cfg.job_timeout.unwrap_or(FIRST_PROGRESS_TIMEOUT);
             let slot = &mut self.slots[i];
             if let Some(c) = &slot.ctl {
                 c.send(ToChild::Job(Job {
@@ -561,10 +558,10 @@ impl State {
                 self.early_deaths = 0;
             }
             FromChild::Fatal { message } => self.give_up(message),
-            FromChild::Decoded { id, duration_s } => {
+            FromChild::Progress { id, .. } => {
                 if let Life::Busy(b) = &mut self.slots[i].life {
                     if b.job == id && self.cfg.job_timeout.is_none() {
-                        b.timeout = job_timeout(duration_s);
+                        b.timeout = PROGRESS_TIMEOUT;
                         b.deadline = now + b.timeout;
                     }
                 }
@@ -700,7 +697,10 @@ impl State {
             let silent = now.duration_since(slot.last_seen);
             let why = match &slot.life {
                 Life::Killing { .. } => None,
-                Life::Busy(b) if now > b.deadline => Some(KillReason::Timeout(b.timeout)),
+                Life::Busy(b) if now > b.deadline => Some(match self.cfg.job_timeout {
+                    Some(t) => KillReason::Timeout(t),
+                    None => KillReason::Stalled(b.timeout),
+                }),
                 Life::Starting { since } if now.duration_since(*since) > HELLO_TIMEOUT => {
                     Some(KillReason::HelloTimeout(HELLO_TIMEOUT))
                 }

@@ -23,7 +23,10 @@ pub const EXTERNAL_ATTEMPTS: u32 = 10;
 /// Why the supervisor itself killed a child.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum KillReason {
+    /// Not done within `--job-timeout`.
     Timeout(Duration),
+    /// No progress report for this long.
+    Stalled(Duration),
     Memory {
         rss_mb: u64,
         limit_mb: u64,
@@ -74,6 +77,7 @@ pub fn classify(ending: Ending, kill: Option<KillReason>) -> Cause {
     let fault = match kill {
         Some(
             KillReason::Timeout(_)
+            | KillReason::Stalled(_)
             | KillReason::Memory { .. }
             | KillReason::Heartbeat(_)
             | KillReason::HelloTimeout(_)
@@ -96,7 +100,7 @@ impl Cause {
     /// A short, fixed label for counting deaths by cause (`/metrics`).
     pub fn label(&self) -> &'static str {
         match self.kill {
-            Some(KillReason::Timeout(_)) => "timeout",
+            Some(KillReason::Timeout(_) | KillReason::Stalled(_)) => "timeout",
             Some(KillReason::Memory { .. }) => "memory",
             Some(KillReason::Heartbeat(_)) => "heartbeat",
             Some(KillReason::HelloTimeout(_)) => "start_timeout",
@@ -115,6 +119,11 @@ impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kill {
             Some(KillReason::Timeout(t)) => write!(f, "job timed out after {} s", t.as_secs()),
+            Some(KillReason::Stalled(t)) => write!(
+                f,
+                "job stalled: no progress for {} s (decoding or inference hung)",
+                t.as_secs()
+            ),
             Some(KillReason::Memory { rss_mb, limit_mb }) => write!(
                 f,
                 "child exceeded the memory limit ({rss_mb} MB > {limit_mb} MB)"

@@ -264,13 +264,7 @@ async fn a_paused_supervisor_does_not_kill_healthy_children() {
     let job = h.submit("a.wav");
     h.settle().await;
     let id = h.jobs_sent_to(0)[0];
-    h.say(
-        0,
-        FromChild::Decoded {
-            id,
-            duration_s: 30.0,
-        },
-    );
+    h.say(0, FromChild::Progress { id, audio_s: 30.0 });
     h.run_for(Duration::from_secs(2), &[0]).await;
     // SIGSTOP for 30 s: the clock jumps, nothing was heard (the loop did not run).
     tokio::time::advance(Duration::from_secs(30)).await;
@@ -405,4 +399,71 @@ async fn shutdown_kills_are_routine_and_queued_jobs_are_not_run() {
     assert_eq!(queued.await.unwrap(), Err(JobFailure::ShuttingDown));
     assert_eq!(h.killed(), 1);
     done.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_job_lives_while_it_progresses_and_is_killed_when_it_stalls() {
+    let h = start(1);
+    h.settle().await;
+    h.say(0, hello());
+    h.settle().await;
+    let job = h.submit("four-hours.flac");
+    h.settle().await;
+    let id = h.jobs_sent_to(0)[0];
+    // Ten minutes of steady progress: far past any fixed deadline a short track gets.
+    for k in 1..=20 {
+        h.run_for(Duration::from_secs(30), &[0]).await;
+        h.say(
+            0,
+            FromChild::Progress {
+                id,
+                audio_s: 30.0 * f64::from(k),
+            },
+        );
+        h.settle().await;
+    }
+    assert_eq!(
+        h.killed(),
+        0,
+        "a job that kept reporting progress was killed"
+    );
+    // Then nothing but heartbeats: the decoder or the model hangs.
+    h.run_for(PROGRESS_TIMEOUT - Duration::from_secs(1), &[0])
+        .await;
+    assert_eq!(h.killed(), 0, "killed before the progress deadline");
+    h.run_for(Duration::from_secs(2), &[0]).await;
+    assert_eq!(h.killed(), 1, "a stalled job was not killed");
+    h.exit(0, Ending::Signal(9));
+    h.run_for(Duration::from_millis(300), &[]).await;
+    assert_eq!(h.spawned(), 2, "no replacement child");
+    h.say(1, hello());
+    h.settle().await;
+    assert_eq!(
+        h.jobs_sent_to(1),
+        vec![id],
+        "the stalled job was not handed on"
+    );
+    h.say(
+        1,
+        FromChild::Done {
+            id,
+            output: output(),
+        },
+    );
+    assert!(job.await.unwrap().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_with_no_first_progress_is_killed_after_the_first_deadline() {
+    let h = start(1);
+    h.settle().await;
+    h.say(0, hello());
+    h.settle().await;
+    let _job = h.submit("stuck-open.wav");
+    h.settle().await;
+    h.run_for(FIRST_PROGRESS_TIMEOUT - Duration::from_secs(1), &[0])
+        .await;
+    assert_eq!(h.killed(), 0, "killed before the first-progress deadline");
+    h.run_for(Duration::from_secs(2), &[0]).await;
+    assert_eq!(h.killed(), 1, "a job that never progressed was not killed");
 }
