@@ -258,11 +258,6 @@ impl MelFrames {
         }
     }
 
-    /// Frames computed so far.
-    pub fn frames(&self) -> usize {
-        self.out.frames
-    }
-
     /// Moves out the frames computed since the last call (streaming: the caller keeps
     /// only what it still needs).
     pub fn take(&mut self) -> Vec<f32> {

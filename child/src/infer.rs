@@ -326,11 +326,6 @@ impl Stream<'_> {
         self.run(false)
     }
 
-    /// Patches run so far.
-    pub fn patches(&self) -> usize {
-        self.next
-    }
-
     /// Runs the last whole patches and averages the outputs over all of them.
     pub fn finish(mut self) -> Result<Prediction, InferError> {
         self.run(true)?;
