@@ -167,6 +167,17 @@ impl Harness {
             .collect()
     }
 
+    /// Child `index` finishes job `id` with a good result.
+    fn done(&self, index: usize, id: u64) {
+        self.say(
+            index,
+            FromChild::Done {
+                id,
+                output: output(),
+            },
+        );
+    }
+
     fn killed(&self) -> usize {
         self.world.lock().unwrap().killed.len()
     }
@@ -245,13 +256,7 @@ async fn an_idle_child_being_killed_gets_no_job_and_the_job_is_not_charged() {
     h.settle().await;
     let sent = h.jobs_sent_to(1);
     assert_eq!(sent.len(), 1);
-    h.say(
-        1,
-        FromChild::Done {
-            id: sent[0],
-            output: output(),
-        },
-    );
+    h.done(1, sent[0]);
     assert!(job.await.unwrap().is_ok());
 }
 
@@ -271,13 +276,7 @@ async fn a_paused_supervisor_does_not_kill_healthy_children() {
     h.settle().await;
     h.run_for(Duration::from_secs(2), &[0]).await;
     assert_eq!(h.killed(), 0, "a healthy child was killed after a pause");
-    h.say(
-        0,
-        FromChild::Done {
-            id,
-            output: output(),
-        },
-    );
+    h.done(0, id);
     assert!(job.await.unwrap().is_ok());
     // Silence after the pause is still judged: 10 s without a frame kills it.
     h.run_for(HEARTBEAT_TIMEOUT + Duration::from_secs(1), &[])
@@ -376,13 +375,7 @@ async fn a_start_failure_that_clears_recovers_by_itself() {
     h.say(0, hello());
     h.settle().await;
     let id = h.jobs_sent_to(0)[0];
-    h.say(
-        0,
-        FromChild::Done {
-            id,
-            output: output(),
-        },
-    );
+    h.done(0, id);
     assert!(job.await.unwrap().is_ok());
 }
 
@@ -443,13 +436,7 @@ async fn a_long_job_lives_while_it_progresses_and_is_killed_when_it_stalls() {
         vec![id],
         "the stalled job was not handed on"
     );
-    h.say(
-        1,
-        FromChild::Done {
-            id,
-            output: output(),
-        },
-    );
+    h.done(1, id);
     assert!(job.await.unwrap().is_ok());
 }
 
