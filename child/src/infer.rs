@@ -133,9 +133,20 @@ struct SharedSessions {
 pub struct Musicnn {
     sessions: Sessions,
     batch: usize,
-    buf: Vec<f32>,
+    /// Model inputs built per batch, kept across batches and tracks.
+    scratch: Scratch,
     model_sha256: String,
     device: Device,
+}
+
+/// Per-batch input buffers: patches, and for the shared engine their edges and timbral
+/// features.
+#[derive(Default)]
+struct Scratch {
+    raw: Vec<f32>,
+    heads: Vec<f32>,
+    tails: Vec<f32>,
+    timbral: [Vec<f32>; 2],
 }
 
 /// Frames of new timbral output the shared engine computes per front-end call at most.
@@ -229,7 +240,7 @@ impl Musicnn {
         let mut me = Self {
             sessions,
             batch,
-            buf: Vec::with_capacity(batch * PATCH_LEN),
+            scratch: Scratch::default(),
             model_sha256: file.sha256,
             device: opts.device,
         };
@@ -362,7 +373,7 @@ impl Stream<'_> {
             self.next += n;
             // Frames before the next patch are no longer needed by anything.
             let drop = self.next * PATCH_HOP - self.mel_base;
-            if drop >= MEL_SLACK || last {
+            if drop >= MEL_SLACK {
                 self.mel.drain(..drop * BANDS);
                 self.mel_base += drop;
             }
@@ -375,15 +386,10 @@ impl Stream<'_> {
         &self.mel[start..start + PATCH_LEN]
     }
 
-    /// Frames `from..to` of the track.
-    fn frames(&self, from: usize, to: usize) -> &[f32] {
-        &self.mel[(from - self.mel_base) * BANDS..(to - self.mel_base) * BANDS]
-    }
-
     /// The whole model on the next `n` patches.
     fn patch_batch(&mut self, n: usize) -> Result<(), InferError> {
         let m = manifest();
-        let mut buf = std::mem::take(&mut self.model.buf);
+        let mut buf = std::mem::take(&mut self.model.scratch.raw);
         buf.clear();
         for q in self.next..self.next + n {
             buf.extend_from_slice(self.patch(q));
@@ -396,7 +402,7 @@ impl Stream<'_> {
             .run(ort::inputs![m.input.as_str() => input])
             .map_err(run_error)?;
         self.sums.add(&outputs, n)?;
-        self.model.buf = buf;
+        self.model.scratch.raw = buf;
         Ok(())
     }
 
@@ -415,11 +421,12 @@ impl Stream<'_> {
         while self.ready < need {
             let to = (self.ready + FRONT_CHUNK).min(need);
             let t = to - self.ready;
-            let input = self.frames(self.ready - halo, to + halo).to_vec();
+            let input = &self.mel
+                [(self.ready - halo - self.mel_base) * BANDS..(to + halo - self.mel_base) * BANDS];
             let Sessions::Shared(s) = &mut self.model.sessions else {
                 unreachable!("shared_batch runs only for the shared engine");
             };
-            let out = front_run(&mut s.front, &input, 1, t + 2 * halo, t)?;
+            let out = front_run(&mut s.front, input, 1, t + 2 * halo, t)?;
             for (h, o) in self.held.iter_mut().zip(&out) {
                 for f in 0..t {
                     h.extend((0..ch).map(|c| o[c * t + f]));
@@ -428,7 +435,15 @@ impl Stream<'_> {
             self.ready = to;
         }
         // Both edges of every patch, from the patch's own frames.
-        let (mut heads, mut tails, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+        let Scratch {
+            mut raw,
+            mut heads,
+            mut tails,
+            mut timbral,
+        } = std::mem::take(&mut self.model.scratch);
+        for buf in [&mut raw, &mut heads, &mut tails] {
+            buf.clear();
+        }
         for q in first..end {
             let patch = self.patch(q);
             heads.extend_from_slice(&patch[..2 * halo * BANDS]);
@@ -440,9 +455,8 @@ impl Stream<'_> {
         };
         let head = front_run(&mut s.head, &heads, n, 2 * halo, halo)?;
         let tail = front_run(&mut s.tail, &tails, n, 2 * halo, halo)?;
-        let mut timbral: [Vec<f32>; 2] = [Vec::new(), Vec::new()];
         for (b, t) in timbral.iter_mut().enumerate() {
-            t.reserve(n * ch * PATCH_FRAMES);
+            t.clear();
             for (i, q) in (first..end).enumerate() {
                 let start = q * PATCH_HOP - self.base;
                 let (head, tail) = (&head[b][i * ch * halo..], &tail[b][i * ch * halo..]);
@@ -469,6 +483,12 @@ impl Stream<'_> {
             ])
             .map_err(run_error)?;
         self.sums.add(&outputs, n)?;
+        self.model.scratch = Scratch {
+            raw,
+            heads,
+            tails,
+            timbral,
+        };
         // Timbral frames before the next patch's interior are no longer needed.
         let drop = (end * PATCH_HOP + halo).min(self.ready) - self.base;
         for h in &mut self.held {
