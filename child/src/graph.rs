@@ -503,6 +503,273 @@ pub fn conv_as_1d(model: &[u8], rw: &Conv1d) -> Result<Vec<u8>, GraphError> {
     Ok(with_graph(&top, &g))
 }
 
+/// The initializers of a graph's fields, by name.
+fn initializers<'a>(gfields: &[Field<'a>]) -> Result<Vec<(String, Field<'a>)>, GraphError> {
+    let mut out = Vec::new();
+    for f in gfields.iter().filter(|f| f.number == 5 && f.wire == 2) {
+        let name = fields(f.payload)?
+            .into_iter()
+            .find(|t| t.number == 8 && t.wire == 2)
+            .map(|t| string(&t))
+            .transpose()?
+            .unwrap_or_default();
+        out.push((name, *f));
+    }
+    Ok(out)
+}
+
+/// One `Conv -> Relu -> BatchNormalization -> MaxPool` branch, as [`pool_first`] finds it.
+struct Branch {
+    conv: String,
+    relu: String,
+    bn: String,
+    pool: String,
+    /// The pool's output, which the rewritten branch's BN produces instead.
+    out: String,
+    /// Padded channels to slice off after the pool.
+    sliced: bool,
+    /// Channels whose filters were negated.
+    signed: bool,
+}
+
+/// The model with each branch `Conv -> Relu -> BatchNormalization -> MaxPool` that
+/// starts at a convolution in `convs` reordered to `Conv -> MaxPool -> Relu ->
+/// BatchNormalization` (MUSICNN.md section 8, rewrite 1): the per-channel ReLU and batch
+/// norm then run on the pooled tensor, not on every frequency bin. Exact because both are
+/// monotonic per channel: where a channel's batch-norm scale is negative (gamma < 0), the
+/// max of the branch is taken at the conv's minimum, so that channel's filter and bias are
+/// negated (exact in floating point) and a `Mul` by -1 after the pool turns the max of the
+/// negated output back into that minimum.
+///
+/// The convolutions also get output channels padded with zero filters up to a multiple
+/// of `block`, and a `Slice` after the pool drops them: ONNX Runtime keeps a branch in
+/// its blocked (NCHWc) layout, where the pool is vectorised, only when the channel count
+/// is a multiple of its block (8 with AVX2, 16 with AVX-512); 204 or 51 channels are
+/// not, and the pool then runs as scalar code behind a layout conversion. `block` 1 pads
+/// nothing.
+pub fn pool_first(model: &[u8], convs: &[String], block: usize) -> Result<Vec<u8>, GraphError> {
+    let (top, gfields) = split_model(model)?;
+    let nodes = gfields
+        .iter()
+        .filter(|f| f.number == 1 && f.wire == 2)
+        .map(|f| node(f.payload))
+        .collect::<Result<Vec<_>, _>>()?;
+    let inits = initializers(&gfields)?;
+    let op_of = |n: &Node| -> Result<String, GraphError> {
+        for f in fields(n.bytes)? {
+            if f.number == 4 && f.wire == 2 {
+                return string(&f);
+            }
+        }
+        Ok(String::new())
+    };
+    // The one node reading `tensor`, which must be an `op`.
+    let sole_reader = |tensor: &str, op: &str| -> Result<&Node, GraphError> {
+        let readers: Vec<&Node> = nodes
+            .iter()
+            .filter(|n| n.inputs.iter().any(|i| i == tensor))
+            .collect();
+        match readers[..] {
+            [n] if op_of(n)? == op && n.outputs.len() == 1 => Ok(n),
+            _ => Err(GraphError::Missing(format!(
+                "{tensor} read only by a single {op}"
+            ))),
+        }
+    };
+    let float = |name: &str| -> Result<(Vec<i64>, Vec<f32>), GraphError> {
+        let (_, f) = inits
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| GraphError::Missing(name.to_string()))?;
+        float_tensor(f.payload)
+    };
+    let used_once = |tensor: &str| {
+        nodes
+            .iter()
+            .filter(|n| n.inputs.iter().any(|i| i == tensor))
+            .count()
+            == 1
+    };
+
+    let block = block.max(1);
+    let mut branches = Vec::new();
+    let mut new_inits: Vec<Vec<u8>> = Vec::new();
+    let mut replaced: HashSet<String> = HashSet::new();
+    for name in convs {
+        let conv = nodes
+            .iter()
+            .find(|n| &n.name == name)
+            .ok_or_else(|| GraphError::Missing(name.clone()))?;
+        let [_, weight, bias] = &conv.inputs[..] else {
+            return Err(GraphError::Missing(format!("{name} weights and bias")));
+        };
+        let [conv_out] = &conv.outputs[..] else {
+            return Err(GraphError::Malformed("convolution without one output"));
+        };
+        if !used_once(weight) || !used_once(bias) {
+            return Err(GraphError::Malformed("convolution weights shared"));
+        }
+        let relu = sole_reader(conv_out, "Relu")?;
+        let bn = sole_reader(&relu.outputs[0], "BatchNormalization")?;
+        let pool = sole_reader(&bn.outputs[0], "MaxPool")?;
+        if bn.inputs.len() != 5 {
+            return Err(GraphError::Malformed("batch norm without its 4 parameters"));
+        }
+        let (_, gamma) = float(&bn.inputs[1])?;
+        let (wdims, mut w) = float(weight)?;
+        let (_, mut b) = float(bias)?;
+        let channels = b.len();
+        if wdims.first() != Some(&(channels as i64))
+            || gamma.len() != channels
+            || channels == 0
+            || w.len() % channels != 0
+        {
+            return Err(GraphError::Malformed("branch channel counts disagree"));
+        }
+        let per = w.len() / channels;
+        let sign: Vec<f32> = gamma
+            .iter()
+            .map(|g| if *g < 0.0 { -1.0 } else { 1.0 })
+            .collect();
+        for (c, s) in sign.iter().enumerate() {
+            b[c] *= s;
+            w[c * per..(c + 1) * per].iter_mut().for_each(|v| *v *= s);
+        }
+        let padded = channels.div_ceil(block) * block;
+        w.resize(padded * per, 0.0);
+        b.resize(padded, 0.0);
+        let mut dims = wdims.clone();
+        dims[0] = padded as i64;
+        let raw = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        new_inits.push(tensor_proto(weight, &dims, 1, &raw(&w)));
+        new_inits.push(tensor_proto(bias, &[padded as i64], 1, &raw(&b)));
+        replaced.insert(weight.clone());
+        replaced.insert(bias.clone());
+        let p = &pool.name;
+        if padded != channels {
+            new_inits.push(tensor_proto(
+                &format!("{p}/start"),
+                &[1],
+                7,
+                &0i64.to_le_bytes(),
+            ));
+            new_inits.push(tensor_proto(
+                &format!("{p}/end"),
+                &[1],
+                7,
+                &(channels as i64).to_le_bytes(),
+            ));
+            new_inits.push(tensor_proto(
+                &format!("{p}/axis"),
+                &[1],
+                7,
+                &1i64.to_le_bytes(),
+            ));
+        }
+        if sign.contains(&-1.0) {
+            new_inits.push(tensor_proto(
+                &format!("{p}/sign"),
+                &[1, channels as i64, 1, 1],
+                1,
+                &raw(&sign),
+            ));
+        }
+        branches.push(Branch {
+            conv: name.clone(),
+            relu: relu.name.clone(),
+            bn: bn.name.clone(),
+            pool: pool.name.clone(),
+            out: pool.outputs[0].clone(),
+            sliced: padded != channels,
+            signed: sign.contains(&-1.0),
+        });
+    }
+
+    // A node with its inputs and outputs renamed, attributes and op kept.
+    let renamed = |n: &Node, inputs: &[&str], outputs: &[&str]| -> Result<Vec<u8>, GraphError> {
+        let mut out = Vec::new();
+        for &i in inputs {
+            put_bytes(&mut out, 1, i.as_bytes());
+        }
+        for &o in outputs {
+            put_bytes(&mut out, 2, o.as_bytes());
+        }
+        for f in fields(n.bytes)? {
+            if f.number != 1 && f.number != 2 {
+                put_field(&mut out, &f);
+            }
+        }
+        Ok(out)
+    };
+    let by_name = |name: &str| nodes.iter().find(|n| n.name == name);
+    let mut g = Vec::new();
+    for f in &gfields {
+        if f.number == 5 && f.wire == 2 {
+            let (name, _) = inits
+                .iter()
+                .find(|(_, i)| i.payload.as_ptr() == f.payload.as_ptr())
+                .ok_or(GraphError::Malformed("initializer"))?;
+            if !replaced.contains(name) {
+                put_field(&mut g, f);
+            }
+            continue;
+        }
+        if f.number != 1 || f.wire != 2 {
+            put_field(&mut g, f);
+            continue;
+        }
+        let n = node(f.payload)?;
+        if branches
+            .iter()
+            .any(|br| n.name == br.relu || n.name == br.bn)
+        {
+            continue; // emitted after the pool
+        }
+        let Some(br) = branches.iter().find(|br| n.name == br.pool) else {
+            put_field(&mut g, f);
+            continue;
+        };
+        let conv = by_name(&br.conv).ok_or_else(|| GraphError::Missing(br.conv.clone()))?;
+        let relu = by_name(&br.relu).ok_or_else(|| GraphError::Missing(br.relu.clone()))?;
+        let bn = by_name(&br.bn).ok_or_else(|| GraphError::Missing(br.bn.clone()))?;
+        let p = &br.pool;
+        let mut cur = format!("{p}/pooled");
+        put_bytes(&mut g, 1, &renamed(&n, &[&conv.outputs[0]], &[&cur])?);
+        if br.sliced {
+            let next = format!("{p}/sliced");
+            let (start, end, axis) = (
+                format!("{p}/start"),
+                format!("{p}/end"),
+                format!("{p}/axis"),
+            );
+            let slice = node_proto(
+                &format!("{p}/slice"),
+                "Slice",
+                &[&cur, &start, &end, &axis],
+                &[&next],
+                &[],
+            );
+            put_bytes(&mut g, 1, &slice);
+            cur = next;
+        }
+        if br.signed {
+            let next = format!("{p}/signed");
+            let sign = format!("{p}/sign");
+            let mul = node_proto(&format!("{p}/sign"), "Mul", &[&cur, &sign], &[&next], &[]);
+            put_bytes(&mut g, 1, &mul);
+            cur = next;
+        }
+        put_bytes(&mut g, 1, &renamed(relu, &[&cur], &[&relu.outputs[0]])?);
+        let mut bn_in: Vec<&str> = bn.inputs.iter().map(String::as_str).collect();
+        bn_in[0] = &relu.outputs[0];
+        put_bytes(&mut g, 1, &renamed(bn, &bn_in, &[&br.out])?);
+    }
+    for t in &new_inits {
+        put_bytes(&mut g, 5, t);
+    }
+    Ok(with_graph(&top, &g))
+}
+
 /// The model with the time padding of each convolution in `convs` (`pads` =
 /// `[t_begin, f_begin, t_end, f_end]`) set to `begin` and `end`: with `0, 0` the timbral
 /// front-end computes only frames whose whole 7-frame window it is given (interior chunks
@@ -673,5 +940,207 @@ mod tests {
             with_time_pads(&model, &["c".into()], 0, 0),
             Err(GraphError::Missing(_))
         ));
+    }
+
+    /// `AttributeProto { name = 1, f = 2, type = 20 (FLOAT = 1) }`.
+    fn float_attribute(name: &str, v: f32) -> Vec<u8> {
+        let mut a = Vec::new();
+        put_bytes(&mut a, 1, name.as_bytes());
+        a.extend_from_slice(&[(2 << 3) | 5]);
+        a.extend_from_slice(&v.to_le_bytes());
+        put_uint(&mut a, 20, 1);
+        a
+    }
+
+    /// A one-branch model like a MusiCNN branch: `x [1, 1, 6, 8]` -> Conv (5 filters,
+    /// 3x4, time pads 1) -> Relu -> BatchNormalization -> MaxPool over all 5 frequency
+    /// positions -> `p:0 [1, 5, 6, 1]`. Two of the five batch-norm scales are negative,
+    /// and their biases keep the conv output positive, so their max is at the conv's
+    /// minimum (not at a ReLU zero, where any order gives the same value).
+    fn branch_model() -> Vec<u8> {
+        let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let w: Vec<f32> = (0..5 * 12)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let mut g = Vec::new();
+        put_bytes(
+            &mut g,
+            1,
+            &node_proto(
+                "c",
+                "Conv",
+                &["x", "w", "b"],
+                &["c:0"],
+                &[
+                    ints_attribute("kernel_shape", &[3, 4]),
+                    ints_attribute("pads", &[1, 0, 1, 0]),
+                ],
+            ),
+        );
+        put_bytes(&mut g, 1, &node_proto("r", "Relu", &["c:0"], &["r:0"], &[]));
+        put_bytes(
+            &mut g,
+            1,
+            &node_proto(
+                "n",
+                "BatchNormalization",
+                &["r:0", "gamma", "beta", "mean", "var"],
+                &["n:0"],
+                &[float_attribute("epsilon", 1e-3)],
+            ),
+        );
+        put_bytes(
+            &mut g,
+            1,
+            &node_proto(
+                "p",
+                "MaxPool",
+                &["n:0"],
+                &["p:0"],
+                &[
+                    ints_attribute("kernel_shape", &[1, 5]),
+                    ints_attribute("strides", &[1, 5]),
+                ],
+            ),
+        );
+        put_bytes(&mut g, 2, b"branch");
+        for (name, dims, v) in [
+            ("w", vec![5, 1, 3, 4], w),
+            ("b", vec![5], vec![0.1, 5.0, 0.3, 3.0, -0.1]),
+            ("gamma", vec![5], vec![1.0, -2.0, 0.5, -0.3, 1.5]),
+            ("beta", vec![5], vec![0.2, 0.1, -0.4, 0.3, 0.0]),
+            ("mean", vec![5], vec![0.5, 0.2, 0.1, 0.0, 1.0]),
+            ("var", vec![5], vec![1.0, 2.0, 0.5, 1.5, 0.8]),
+        ] {
+            put_bytes(&mut g, 5, &tensor_proto(name, &dims, 1, &f32s(&v)));
+        }
+        let port = |name: &str, dims: &[i64]| Port {
+            name: name.into(),
+            dims: dims.iter().map(|&d| Dim::Fixed(d)).collect(),
+        };
+        put_bytes(&mut g, 11, &value_info(&port("x", &[1, 1, 6, 8])));
+        put_bytes(&mut g, 12, &value_info(&port("p:0", &[1, 5, 6, 1])));
+        let mut opset = Vec::new();
+        put_uint(&mut opset, 2, 17);
+        let mut model = Vec::new();
+        put_uint(&mut model, 1, 8);
+        put_bytes(&mut model, 8, &opset);
+        put_bytes(&mut model, 7, &g);
+        model
+    }
+
+    fn ops(model: &[u8]) -> Vec<String> {
+        let (_, gfields) = split_model(model).unwrap();
+        gfields
+            .iter()
+            .filter(|f| f.number == 1)
+            .map(|f| {
+                let op = fields(f.payload)
+                    .unwrap()
+                    .into_iter()
+                    .find(|a| a.number == 4)
+                    .unwrap();
+                string(&op).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pool_first_reorders_the_branch_and_pads_to_the_block() {
+        let model = branch_model();
+        let out = pool_first(&model, &["c".into()], 4).unwrap();
+        assert_eq!(
+            ops(&out),
+            [
+                "Conv",
+                "MaxPool",
+                "Slice",
+                "Mul",
+                "Relu",
+                "BatchNormalization"
+            ]
+        );
+        let (_, gfields) = split_model(&out).unwrap();
+        let inits = initializers(&gfields).unwrap();
+        let tensor = |name: &str| {
+            let found: Vec<_> = inits.iter().filter(|(n, _)| n == name).collect();
+            assert_eq!(found.len(), 1, "one initializer {name}");
+            float_tensor(found[0].1.payload).unwrap()
+        };
+        let (dims, w) = tensor("w");
+        assert_eq!(dims, vec![8, 1, 3, 4], "5 filters padded to 8");
+        let (_, w0) = float_tensor(
+            initializers(&split_model(&model).unwrap().1).unwrap()[0]
+                .1
+                .payload,
+        )
+        .unwrap();
+        assert_eq!(w[..12], w0[..12], "positive scale: filter kept");
+        assert!(w[12..24].iter().zip(&w0[12..24]).all(|(a, b)| *a == -b));
+        assert!(
+            w[60..].iter().all(|v| *v == 0.0),
+            "padding filters are zero"
+        );
+        assert_eq!(
+            tensor("b").1,
+            vec![0.1, -5.0, 0.3, -3.0, -0.1, 0.0, 0.0, 0.0]
+        );
+        assert_eq!(tensor("p/sign").1, vec![1.0, -1.0, 1.0, -1.0, 1.0]);
+
+        // Block 1: nothing to slice.
+        assert_eq!(
+            ops(&pool_first(&model, &["c".into()], 1).unwrap()),
+            ["Conv", "MaxPool", "Mul", "Relu", "BatchNormalization"]
+        );
+        assert!(matches!(
+            pool_first(&model, &["nope".into()], 8),
+            Err(GraphError::Missing(_))
+        ));
+        // A branch whose conv output is read twice is not rewritten.
+        let (top, gfields) = split_model(&model).unwrap();
+        let mut g = Vec::new();
+        for f in &gfields {
+            put_field(&mut g, f);
+        }
+        put_bytes(
+            &mut g,
+            1,
+            &node_proto("x2", "Relu", &["c:0"], &["x2:0"], &[]),
+        );
+        assert!(matches!(
+            pool_first(&with_graph(&top, &g), &["c".into()], 8),
+            Err(GraphError::Missing(_))
+        ));
+    }
+
+    #[test]
+    fn pool_first_computes_the_same_values() {
+        let env = crate::runtime::environment().expect("ONNX Runtime (run scripts/setup.sh)");
+        let run = |bytes: &[u8], x: &[f32]| -> Vec<f32> {
+            let mut s = ort::session::Session::builder(env)
+                .unwrap()
+                .commit_from_memory(bytes)
+                .unwrap();
+            let input = ort::value::TensorRef::from_array_view((vec![1usize, 1, 6, 8], x)).unwrap();
+            let out = s.run(ort::inputs!["x" => input]).unwrap();
+            out["p:0"].try_extract_tensor::<f32>().unwrap().1.to_vec()
+        };
+        let model = branch_model();
+        for block in [1, 4, 8, 16] {
+            let rewritten = pool_first(&model, &["c".into()], block).unwrap();
+            for seed in 0..4u32 {
+                let x: Vec<f32> = (0..48u32)
+                    .map(|i| ((i * 2654435761u32.wrapping_add(seed)) % 1000) as f32 / 250.0 - 2.0)
+                    .collect();
+                let (a, b) = (run(&model, &x), run(&rewritten, &x));
+                assert_eq!(a.len(), 30);
+                let diff = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0f32, f32::max);
+                assert!(diff <= 1e-5, "block {block} seed {seed}: {a:?} vs {b:?}");
+            }
+        }
     }
 }

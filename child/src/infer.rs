@@ -155,6 +155,17 @@ struct Scratch {
 /// stay in cache); a whole track at once takes 2 GiB.
 const FRONT_CHUNK: usize = 128;
 
+/// The channel block of ONNX Runtime's CPU convolutions (MLAS's NCHWc layout: 16 floats
+/// with AVX-512, else 8): [`crate::graph::pool_first`] pads branches to a multiple of it
+/// so that their pooling stays in that layout. Only speed depends on it, never values.
+fn nchwc_block() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        return 16;
+    }
+    8
+}
+
 /// Mel frames a stream lets pile up before it drops those no patch needs any more.
 const MEL_SLACK: usize = 1024;
 
@@ -208,9 +219,21 @@ impl Musicnn {
                 let c = &manifest().shared;
                 let (front_cut, rest_cut) = cuts();
                 let halo = c.halo as i64;
+                let pooled = if c.pool_first.is_empty() {
+                    std::borrow::Cow::Borrowed(&file.bytes[..])
+                } else {
+                    let block = match opts.device {
+                        Device::Cpu => nchwc_block(),
+                        Device::Cuda(_) => 1,
+                    };
+                    std::borrow::Cow::Owned(
+                        crate::graph::pool_first(&file.bytes, &c.pool_first, block)
+                            .map_err(split_err)?,
+                    )
+                };
                 let front_with = |begin, end| -> Result<Session, InferError> {
                     let padded =
-                        crate::graph::with_time_pads(&file.bytes, &c.timbral_convs, begin, end)
+                        crate::graph::with_time_pads(&pooled, &c.timbral_convs, begin, end)
                             .map_err(split_err)?;
                     let front = crate::graph::extract(&padded, &front_cut).map_err(split_err)?;
                     session(&front).map_err(corrupt)
@@ -222,10 +245,10 @@ impl Musicnn {
                             source: c.source.clone(),
                         };
                         std::borrow::Cow::Owned(
-                            crate::graph::conv_as_1d(&file.bytes, &rw).map_err(split_err)?,
+                            crate::graph::conv_as_1d(&pooled, &rw).map_err(split_err)?,
                         )
                     }
-                    None => std::borrow::Cow::Borrowed(&file.bytes[..]),
+                    None => std::borrow::Cow::Borrowed(&pooled[..]),
                 };
                 let rest = crate::graph::extract(&rewritten, &rest_cut).map_err(split_err)?;
                 Sessions::Shared(Box::new(SharedSessions {

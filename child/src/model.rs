@@ -51,6 +51,10 @@ pub struct SharedCut {
     /// A convolution run as 1-D in the rest (`graph::conv_as_1d`), if any.
     #[serde(default)]
     pub conv_1d: Option<ConvAs1d>,
+    /// Convolutions whose `Relu -> BatchNormalization -> MaxPool` branch runs pool first
+    /// (`graph::pool_first`).
+    #[serde(default)]
+    pub pool_first: Vec<String>,
 }
 
 /// See [`crate::graph::Conv1d`].
