@@ -55,8 +55,8 @@ impl Default for InferOptions {
 pub enum Engine {
     /// The whole model on every patch, as Essentia runs it.
     Patch,
-    /// The timbral front-end once per track, the rest per patch (MUSICNN.md section 8):
-    /// ~1.5x faster on CPU.
+    /// The timbral front-end once per track, the rest per patch, each branch pooled first
+    /// (MUSICNN.md section 8): ~1.75x faster on CPU.
     #[default]
     Shared,
 }

@@ -101,6 +101,7 @@ impl Decoded {
 fn decode_frames(
     path: &Path,
     t: &mut Timings,
+    max_seconds: u64,
     mut sink: impl FnMut(&[f32], f64) -> Result<(), EmbedError>,
 ) -> Result<Decoded, EmbedError> {
     let start = Instant::now();
@@ -118,7 +119,7 @@ fn decode_frames(
         frames.push(y);
         feature_time += s.elapsed();
     };
-    let max_samples = crate::ffmpeg::MAX_SECONDS as usize * SAMPLE_RATE as usize;
+    let max_samples = (max_seconds as usize).saturating_mul(SAMPLE_RATE as usize);
     loop {
         let s = Instant::now();
         let more = stream.next_chunk(&mut chunk)?;
@@ -131,7 +132,7 @@ fn decode_frames(
         t.resample_ms += ms(s);
         if frames.samples() > max_samples {
             return Err(EmbedError::TooLong {
-                hours: crate::ffmpeg::MAX_SECONDS / 3600,
+                hours: max_seconds / 3600,
             });
         }
         let new = frames.take();
@@ -163,7 +164,7 @@ fn decode_frames(
 pub fn features(path: &Path) -> Result<Features, EmbedError> {
     let mut t = Timings::default();
     let mut data = Vec::new();
-    let d = decode_frames(path, &mut t, |frames, _| {
+    let d = decode_frames(path, &mut t, crate::ffmpeg::MAX_SECONDS, |frames, _| {
         data.extend_from_slice(frames);
         Ok(())
     })?;
@@ -201,16 +202,21 @@ pub fn embed_file_observed(
     let mut net = model.stream();
     let mut infer = std::time::Duration::ZERO;
     let mut reported = 0.0;
-    let d = decode_frames(path, &mut timings, |frames, seconds| {
-        let s = Instant::now();
-        net.push(frames)?;
-        infer += s.elapsed();
-        if seconds >= reported + PROGRESS_EVERY_S {
-            reported = seconds;
-            progress(seconds);
-        }
-        Ok(())
-    })?;
+    let d = decode_frames(
+        path,
+        &mut timings,
+        crate::ffmpeg::MAX_SECONDS,
+        |frames, seconds| {
+            let s = Instant::now();
+            net.push(frames)?;
+            infer += s.elapsed();
+            if seconds >= reported + PROGRESS_EVERY_S {
+                reported = seconds;
+                progress(seconds);
+            }
+            Ok(())
+        },
+    )?;
     d.check()?;
     let s = Instant::now();
     let p = net.finish()?;
@@ -228,4 +234,59 @@ pub fn embed_file_observed(
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 16-bit mono WAV of `seconds` of a 440 Hz tone at 16 kHz.
+    fn tone_wav(path: &Path, seconds: u32) {
+        let n = seconds * SAMPLE_RATE;
+        let mut b = Vec::new();
+        b.extend_from_slice(b"RIFF");
+        b.extend_from_slice(&(36 + 2 * n).to_le_bytes());
+        b.extend_from_slice(b"WAVEfmt ");
+        b.extend_from_slice(&16u32.to_le_bytes());
+        b.extend_from_slice(&1u16.to_le_bytes()); // PCM
+        b.extend_from_slice(&1u16.to_le_bytes()); // mono
+        b.extend_from_slice(&SAMPLE_RATE.to_le_bytes());
+        b.extend_from_slice(&(2 * SAMPLE_RATE).to_le_bytes());
+        b.extend_from_slice(&2u16.to_le_bytes());
+        b.extend_from_slice(&16u16.to_le_bytes());
+        b.extend_from_slice(b"data");
+        b.extend_from_slice(&(2 * n).to_le_bytes());
+        for i in 0..n {
+            let v = (f64::from(i) * 440.0 * std::f64::consts::TAU / f64::from(SAMPLE_RATE)).sin();
+            b.extend_from_slice(&((v * 8000.0) as i16).to_le_bytes());
+        }
+        std::fs::write(path, b).unwrap();
+    }
+
+    /// The length cap stops decoding as soon as the audio passes it (a job's file is
+    /// refused, not streamed to the end); 4 hours in production, seconds here.
+    #[test]
+    fn audio_past_the_length_cap_is_refused_while_decoding() {
+        let dir = std::env::temp_dir().join(format!("chaarfm-cap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tone.wav");
+        tone_wav(&path, 5);
+        let mut seen = 0.0;
+        let long = decode_frames(&path, &mut Timings::default(), 3, |_, s| {
+            seen = s;
+            Ok(())
+        });
+        assert!(
+            matches!(long, Err(EmbedError::TooLong { .. })),
+            "{:?}",
+            long.map(|d| d.samples)
+        );
+        assert!(
+            seen <= 3.0,
+            "frames past the cap reached the sink: {seen} s"
+        );
+        let ok = decode_frames(&path, &mut Timings::default(), 6, |_, _| Ok(())).unwrap();
+        assert_eq!(ok.samples, 5 * SAMPLE_RATE as usize);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -194,7 +194,7 @@ pub struct PoolArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_jobs_per_child: Option<u32>,
 
-    /// How the model runs: `shared` (the timbral front-end once per track, ~1.5x faster)
+    /// How the model runs: `shared` (the timbral front-end once per track, ~1.75x faster)
     /// or `patch` (the whole model per patch, as Essentia does). Same vectors.
     #[arg(long, default_value = "shared", value_parser = parse_engine)]
     pub engine: chaarfm_child::Engine,
