@@ -218,16 +218,7 @@ pub fn extract(model: &[u8], cut: &Cut) -> Result<Vec<u8>, GraphError> {
     for f in gfields.iter().filter(|f| f.number == 1 && f.wire == 2) {
         nodes.push(node(f.payload)?);
     }
-    let mut inits = Vec::new();
-    for f in gfields.iter().filter(|f| f.number == 5 && f.wire == 2) {
-        let name = fields(f.payload)?
-            .into_iter()
-            .find(|t| t.number == 8 && t.wire == 2)
-            .map(|t| string(&t))
-            .transpose()?
-            .unwrap_or_default();
-        inits.push((name, *f));
-    }
+    let inits = initializers(&gfields)?;
 
     // Walk back from the outputs, stopping at the cut's inputs.
     let cut_in: HashSet<&str> = cut.inputs.iter().map(|p| p.name.as_str()).collect();
@@ -503,19 +494,23 @@ pub fn conv_as_1d(model: &[u8], rw: &Conv1d) -> Result<Vec<u8>, GraphError> {
     Ok(with_graph(&top, &g))
 }
 
+/// The name of an initializer (`TensorProto.name` is field 8).
+fn tensor_name(t: &Field) -> Result<String, GraphError> {
+    Ok(fields(t.payload)?
+        .into_iter()
+        .find(|f| f.number == 8 && f.wire == 2)
+        .map(|f| string(&f))
+        .transpose()?
+        .unwrap_or_default())
+}
+
 /// The initializers of a graph's fields, by name.
 fn initializers<'a>(gfields: &[Field<'a>]) -> Result<Vec<(String, Field<'a>)>, GraphError> {
-    let mut out = Vec::new();
-    for f in gfields.iter().filter(|f| f.number == 5 && f.wire == 2) {
-        let name = fields(f.payload)?
-            .into_iter()
-            .find(|t| t.number == 8 && t.wire == 2)
-            .map(|t| string(&t))
-            .transpose()?
-            .unwrap_or_default();
-        out.push((name, *f));
-    }
-    Ok(out)
+    gfields
+        .iter()
+        .filter(|f| f.number == 5 && f.wire == 2)
+        .map(|f| Ok((tensor_name(f)?, *f)))
+        .collect()
 }
 
 /// One `Conv -> Relu -> BatchNormalization -> MaxPool` branch, as [`pool_first`] finds it.
@@ -705,11 +700,7 @@ pub fn pool_first(model: &[u8], convs: &[String], block: usize) -> Result<Vec<u8
     let mut g = Vec::new();
     for f in &gfields {
         if f.number == 5 && f.wire == 2 {
-            let (name, _) = inits
-                .iter()
-                .find(|(_, i)| i.payload.as_ptr() == f.payload.as_ptr())
-                .ok_or(GraphError::Malformed("initializer"))?;
-            if !replaced.contains(name) {
+            if !replaced.contains(&tensor_name(f)?) {
                 put_field(&mut g, f);
             }
             continue;
