@@ -55,16 +55,42 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 /// The `chaarfm-super` binary of the profile these tests were built with
 /// (`target/<profile>/chaarfm-super`; test executables live in `target/<profile>/deps`).
+/// Cargo does not rebuild it for a test or a bench, so one older than the sources it is
+/// built from is refused: it would measure or test code that is no longer there.
 pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let name = format!("chaarfm-super{}", std::env::consts::EXE_SUFFIX);
     for dir in exe.ancestors().skip(1).take(3) {
         let p = dir.join(&name);
         if p.is_file() {
+            if let Some(src) = newer_source(&p) {
+                panic!(
+                    "{} is older than {}: run `cargo build --release --workspace` first (scripts/test.sh does)",
+                    p.display(),
+                    src.display()
+                );
+            }
             return p;
         }
     }
     panic!("{name} not built next to {}: run `cargo build --release --workspace` first (scripts/test.sh does)", exe.display());
+}
+
+/// A source file of `binary` modified after it was built, if any: the files cargo's
+/// dep-info beside it (`chaarfm-super.d`) lists, so only what the binary is built from.
+fn newer_source(binary: &Path) -> Option<PathBuf> {
+    let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok()?;
+    let info = std::fs::read_to_string(binary.with_extension("d")).ok()?;
+    // `target: dep dep ...` on the first line; spaces inside paths are escaped.
+    let (_, deps) = info.lines().next()?.split_once(": ")?;
+    deps.replace("\\ ", "\0")
+        .split_whitespace()
+        .map(|d| PathBuf::from(d.replace('\0', " ")))
+        .find(|f| {
+            std::fs::metadata(f)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > built)
+        })
 }
 
 /// A fresh, empty temporary directory, removed on drop.
