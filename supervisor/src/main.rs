@@ -133,6 +133,8 @@ async fn connect(
     };
     server::worker_url(&args.server.url, &code)?;
     let state_dir = args.state_dir.clone().unwrap_or_else(os::default_state_dir);
+    // Stop requests from here on end the run cleanly, start-up included.
+    let signals = signals::Signals::new()?;
     // One supervisor per state dir, before anything in it is touched.
     let _lock = os::lock_state_dir(&state_dir)?;
     let started = launch::start_pool(&args.pool, model, &state_dir)?;
@@ -144,7 +146,7 @@ async fn connect(
         state_dir,
         metrics: args.metrics,
     };
-    let result = server::run(opts, started.pool.clone(), started.children).await;
+    let result = server::run(opts, started.pool.clone(), started.children, signals).await;
     // On every path, errors included: stop the children before waiting for the pool.
     started.pool.shutdown().await;
     let _ = started.task.await;

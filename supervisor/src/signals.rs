@@ -1,9 +1,15 @@
 //! Ctrl-C and SIGTERM (Windows: Ctrl-C, Ctrl-Break, the console closing, logoff and
 //! system shutdown) as one stream of "please stop" events.
 
+/// Made before the supervisor takes its state-dir lock, so that a stop request during
+/// start-up is kept and honoured (a clean exit), not the signal's default (killed).
 pub struct Signals {
     #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
     term: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    c: tokio::signal::windows::CtrlC,
     #[cfg(windows)]
     brk: tokio::signal::windows::CtrlBreak,
     #[cfg(windows)]
@@ -16,7 +22,11 @@ impl Signals {
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {
             #[cfg(unix)]
+            int: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?,
+            #[cfg(unix)]
             term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?,
+            #[cfg(windows)]
+            c: tokio::signal::windows::ctrl_c()?,
             #[cfg(windows)]
             brk: tokio::signal::windows::ctrl_break()?,
             #[cfg(windows)]
@@ -30,12 +40,12 @@ impl Signals {
     pub async fn next(&mut self) {
         #[cfg(unix)]
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = self.int.recv() => {}
             _ = self.term.recv() => {}
         }
         #[cfg(windows)]
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = self.c.recv() => {}
             _ = self.brk.recv() => {}
             _ = self.close.recv() => {}
             _ = self.shutdown.recv() => {}

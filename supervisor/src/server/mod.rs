@@ -249,7 +249,12 @@ fn private_tmp(state_dir: &std::path::Path) -> std::io::Result<PathBuf> {
 }
 
 /// Runs connect mode until a signal (drain, exit 0) or a fatal error.
-pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<Outcome> {
+pub async fn run(
+    opts: Options,
+    pool: Pool,
+    children: usize,
+    mut signals: Signals,
+) -> anyhow::Result<Outcome> {
     let url = worker_url(&opts.base, &opts.code)?;
     let masked_url = url.replace(
         &format!("/{}/", opts.code),
@@ -330,7 +335,6 @@ pub async fn run(opts: Options, pool: Pool, children: usize) -> anyhow::Result<O
         ))
     });
 
-    let mut signals = Signals::new()?;
     let mut connected = ctx.connected.subscribe();
     let mut welcome = ctx.welcome.subscribe();
     let mut fatal = ctx.fatal.subscribe();
