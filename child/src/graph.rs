@@ -7,7 +7,7 @@
 //! probe) was checked. This is just enough protobuf to cut an ONNX graph: fields are
 //! copied as bytes, only nodes, initializers, inputs and outputs are read.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
@@ -155,10 +155,12 @@ fn value_info(p: &Port) -> Vec<u8> {
     vi
 }
 
-/// A node as far as the cut needs it.
+/// A node as far as the rewrites need it (`NodeProto`: inputs 1, outputs 2, name 3,
+/// op_type 4); its attributes stay in `bytes`.
 struct Node<'a> {
     bytes: &'a [u8],
     name: String,
+    op: String,
     inputs: Vec<String>,
     outputs: Vec<String>,
 }
@@ -167,6 +169,7 @@ fn node(bytes: &[u8]) -> Result<Node<'_>, GraphError> {
     let mut n = Node {
         bytes,
         name: String::new(),
+        op: String::new(),
         inputs: Vec::new(),
         outputs: Vec::new(),
     };
@@ -175,10 +178,25 @@ fn node(bytes: &[u8]) -> Result<Node<'_>, GraphError> {
             (1, 2) => n.inputs.push(string(&f)?),
             (2, 2) => n.outputs.push(string(&f)?),
             (3, 2) => n.name = string(&f)?,
+            (4, 2) => n.op = string(&f)?,
             _ => {}
         }
     }
     Ok(n)
+}
+
+/// Whether a graph field is a node (`GraphProto.node` is field 1).
+fn is_node(f: &Field) -> bool {
+    f.number == 1 && f.wire == 2
+}
+
+/// The nodes of a graph's fields, in order.
+fn nodes<'a>(gfields: &[Field<'a>]) -> Result<Vec<Node<'a>>, GraphError> {
+    gfields
+        .iter()
+        .filter(|f| is_node(f))
+        .map(|f| node(f.payload))
+        .collect()
 }
 
 /// `node` rewritten as an `Identity` of its first input (same name and outputs).
@@ -214,10 +232,7 @@ pub struct Cut {
 /// initializers they use. Everything else (opsets, IR version, metadata) is copied.
 pub fn extract(model: &[u8], cut: &Cut) -> Result<Vec<u8>, GraphError> {
     let (top, gfields) = split_model(model)?;
-    let mut nodes = Vec::new();
-    for f in gfields.iter().filter(|f| f.number == 1 && f.wire == 2) {
-        nodes.push(node(f.payload)?);
-    }
+    let nodes = nodes(&gfields)?;
     let inits = initializers(&gfields)?;
 
     // Walk back from the outputs, stopping at the cut's inputs.
@@ -404,12 +419,9 @@ fn node_proto(
 /// are dropped by [`extract`]).
 pub fn conv_as_1d(model: &[u8], rw: &Conv1d) -> Result<Vec<u8>, GraphError> {
     let (top, gfields) = split_model(model)?;
-    let conv = gfields
+    let nodes = nodes(&gfields)?;
+    let conv = nodes
         .iter()
-        .filter(|f| f.number == 1 && f.wire == 2)
-        .map(|f| node(f.payload))
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
         .find(|n| n.name == rw.conv)
         .ok_or_else(|| GraphError::Missing(rw.conv.clone()))?;
     let (weight, bias) = match &conv.inputs[..] {
@@ -421,16 +433,10 @@ pub fn conv_as_1d(model: &[u8], rw: &Conv1d) -> Result<Vec<u8>, GraphError> {
         .first()
         .cloned()
         .ok_or(GraphError::Malformed("convolution without output"))?;
-    let mut kernel = None;
-    for f in gfields.iter().filter(|f| f.number == 5 && f.wire == 2) {
-        let is_weight = fields(f.payload)?
-            .iter()
-            .any(|t| t.number == 8 && t.payload == weight.as_bytes());
-        if is_weight {
-            kernel = Some(float_tensor(f.payload)?);
-        }
-    }
-    let (dims, w) = kernel.ok_or_else(|| GraphError::Missing(weight.clone()))?;
+    let (dims, w) = match initializers(&gfields)?.iter().find(|(n, _)| *n == weight) {
+        Some((_, f)) => float_tensor(f.payload)?,
+        None => return Err(GraphError::Missing(weight)),
+    };
     let [o, 1, k, c] = dims[..] else {
         return Err(GraphError::Malformed(
             "convolution kernel is not [O, 1, K, C]",
@@ -456,8 +462,10 @@ pub fn conv_as_1d(model: &[u8], rw: &Conv1d) -> Result<Vec<u8>, GraphError> {
     );
     let half = (k / 2) as i64;
     let mut g = Vec::new();
+    let mut graph_nodes = nodes.iter();
     for f in &gfields {
-        if f.number == 1 && f.wire == 2 && node(f.payload)?.name == rw.conv {
+        let n = if is_node(f) { graph_nodes.next() } else { None };
+        if n.is_some_and(|n| n.name == rw.conv) {
             let conv1d = node_proto(
                 &format!("{}/1d", rw.conv),
                 "Conv",
@@ -544,28 +552,21 @@ struct Branch {
 /// nothing.
 pub fn pool_first(model: &[u8], convs: &[String], block: usize) -> Result<Vec<u8>, GraphError> {
     let (top, gfields) = split_model(model)?;
-    let nodes = gfields
-        .iter()
-        .filter(|f| f.number == 1 && f.wire == 2)
-        .map(|f| node(f.payload))
-        .collect::<Result<Vec<_>, _>>()?;
+    let nodes = nodes(&gfields)?;
     let inits = initializers(&gfields)?;
-    let op_of = |n: &Node| -> Result<String, GraphError> {
-        for f in fields(n.bytes)? {
-            if f.number == 4 && f.wire == 2 {
-                return string(&f);
-            }
+    // Who reads each tensor (a node reading one tensor twice counts once).
+    let mut readers: HashMap<&str, Vec<&Node>> = HashMap::new();
+    for n in &nodes {
+        let mut seen = HashSet::new();
+        for i in n.inputs.iter().filter(|i| seen.insert(i.as_str())) {
+            readers.entry(i.as_str()).or_default().push(n);
         }
-        Ok(String::new())
-    };
+    }
+    let readers_of = |tensor: &str| readers.get(tensor).map_or(&[][..], Vec::as_slice);
     // The one node reading `tensor`, which must be an `op`.
     let sole_reader = |tensor: &str, op: &str| -> Result<&Node, GraphError> {
-        let readers: Vec<&Node> = nodes
-            .iter()
-            .filter(|n| n.inputs.iter().any(|i| i == tensor))
-            .collect();
-        match readers[..] {
-            [n] if op_of(n)? == op && n.outputs.len() == 1 => Ok(n),
+        match readers_of(tensor) {
+            [n] if n.op == op && n.outputs.len() == 1 => Ok(n),
             _ => Err(GraphError::Missing(format!(
                 "{tensor} read only by a single {op}"
             ))),
@@ -578,13 +579,7 @@ pub fn pool_first(model: &[u8], convs: &[String], block: usize) -> Result<Vec<u8
             .ok_or_else(|| GraphError::Missing(name.to_string()))?;
         float_tensor(f.payload)
     };
-    let used_once = |tensor: &str| {
-        nodes
-            .iter()
-            .filter(|n| n.inputs.iter().any(|i| i == tensor))
-            .count()
-            == 1
-    };
+    let used_once = |tensor: &str| readers_of(tensor).len() == 1;
 
     let block = block.max(1);
     let mut branches = Vec::new();
@@ -698,6 +693,7 @@ pub fn pool_first(model: &[u8], convs: &[String], block: usize) -> Result<Vec<u8
     };
     let by_name = |name: &str| nodes.iter().find(|n| n.name == name);
     let mut g = Vec::new();
+    let mut graph_nodes = nodes.iter();
     for f in &gfields {
         if f.number == 5 && f.wire == 2 {
             if !replaced.contains(&tensor_name(f)?) {
@@ -705,11 +701,10 @@ pub fn pool_first(model: &[u8], convs: &[String], block: usize) -> Result<Vec<u8
             }
             continue;
         }
-        if f.number != 1 || f.wire != 2 {
+        let Some(n) = is_node(f).then(|| graph_nodes.next()).flatten() else {
             put_field(&mut g, f);
             continue;
-        }
-        let n = node(f.payload)?;
+        };
         if branches
             .iter()
             .any(|br| n.name == br.relu || n.name == br.bn)
@@ -725,7 +720,7 @@ pub fn pool_first(model: &[u8], convs: &[String], block: usize) -> Result<Vec<u8
         let bn = by_name(&br.bn).ok_or_else(|| GraphError::Missing(br.bn.clone()))?;
         let p = &br.pool;
         let mut cur = format!("{p}/pooled");
-        put_bytes(&mut g, 1, &renamed(&n, &[&conv.outputs[0]], &[&cur])?);
+        put_bytes(&mut g, 1, &renamed(n, &[&conv.outputs[0]], &[&cur])?);
         if br.sliced {
             let next = format!("{p}/sliced");
             let (start, end, axis) = (
@@ -776,7 +771,7 @@ pub fn with_time_pads(
     let mut g = Vec::new();
     let mut found = 0;
     for f in &gfields {
-        if f.number != 1 || f.wire != 2 || !convs.contains(&node(f.payload)?.name) {
+        if !is_node(f) || !convs.contains(&node(f.payload)?.name) {
             put_field(&mut g, f);
             continue;
         }
