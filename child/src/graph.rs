@@ -190,6 +190,11 @@ fn is_node(f: &Field) -> bool {
     f.number == 1 && f.wire == 2
 }
 
+/// Whether a graph field is an initializer (`GraphProto.initializer` is field 5).
+fn is_initializer(f: &Field) -> bool {
+    f.number == 5 && f.wire == 2
+}
+
 /// The nodes of a graph's fields, in order.
 fn nodes<'a>(gfields: &[Field<'a>]) -> Result<Vec<Node<'a>>, GraphError> {
     gfields
@@ -197,6 +202,18 @@ fn nodes<'a>(gfields: &[Field<'a>]) -> Result<Vec<Node<'a>>, GraphError> {
         .filter(|f| is_node(f))
         .map(|f| node(f.payload))
         .collect()
+}
+
+/// Each graph field with its parsed node, if it is one (`nodes` is `nodes(gfields)`), so a
+/// rewrite copies the graph in order without parsing a node twice.
+fn with_nodes<'f, 'a>(
+    gfields: &'f [Field<'a>],
+    nodes: &'f [Node<'a>],
+) -> impl Iterator<Item = (&'f Field<'a>, Option<&'f Node<'a>>)> {
+    let mut next = nodes.iter();
+    gfields
+        .iter()
+        .map(move |f| (f, if is_node(f) { next.next() } else { None }))
 }
 
 /// `node` rewritten as an `Identity` of its first input (same name and outputs).
@@ -462,9 +479,7 @@ pub fn conv_as_1d(model: &[u8], rw: &Conv1d) -> Result<Vec<u8>, GraphError> {
     );
     let half = (k / 2) as i64;
     let mut g = Vec::new();
-    let mut graph_nodes = nodes.iter();
-    for f in &gfields {
-        let n = if is_node(f) { graph_nodes.next() } else { None };
+    for (f, n) in with_nodes(&gfields, &nodes) {
         if n.is_some_and(|n| n.name == rw.conv) {
             let conv1d = node_proto(
                 &format!("{}/1d", rw.conv),
@@ -516,7 +531,7 @@ fn tensor_name(t: &Field) -> Result<String, GraphError> {
 fn initializers<'a>(gfields: &[Field<'a>]) -> Result<Vec<(String, Field<'a>)>, GraphError> {
     gfields
         .iter()
-        .filter(|f| f.number == 5 && f.wire == 2)
+        .filter(|f| is_initializer(f))
         .map(|f| Ok((tensor_name(f)?, *f)))
         .collect()
 }
@@ -693,15 +708,14 @@ pub fn pool_first(model: &[u8], convs: &[String], block: usize) -> Result<Vec<u8
     };
     let by_name = |name: &str| nodes.iter().find(|n| n.name == name);
     let mut g = Vec::new();
-    let mut graph_nodes = nodes.iter();
-    for f in &gfields {
-        if f.number == 5 && f.wire == 2 {
+    for (f, n) in with_nodes(&gfields, &nodes) {
+        if is_initializer(f) {
             if !replaced.contains(&tensor_name(f)?) {
                 put_field(&mut g, f);
             }
             continue;
         }
-        let Some(n) = is_node(f).then(|| graph_nodes.next()).flatten() else {
+        let Some(n) = n else {
             put_field(&mut g, f);
             continue;
         };

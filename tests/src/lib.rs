@@ -58,6 +58,12 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 /// Cargo does not rebuild it for a test or a bench, so one older than the sources it is
 /// built from is refused: it would measure or test code that is no longer there.
 pub fn binary() -> PathBuf {
+    // Found and checked once per test process: tests call this for every command.
+    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FOUND.get_or_init(find_binary).clone()
+}
+
+fn find_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let name = format!("chaarfm-super{}", std::env::consts::EXE_SUFFIX);
     for dir in exe.ancestors().skip(1).take(3) {
