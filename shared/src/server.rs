@@ -183,8 +183,22 @@ pub enum Outcome {
     Failed { error: String },
 }
 
-/// One result waiting in the outbox (`--state-dir/outbox/<job>.json`) until the server
-/// has processed it.
+/// Where a result belongs: the server and pairing code its job came from. A result is
+/// only ever sent to the same pair (the server stores a result for an unknown job id in
+/// whatever session it arrives on). The code itself is never kept: only its first two
+/// characters, for people, and a hash of the pair, for matching.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Destination {
+    /// The server's base URL, e.g. `https://chaarfm.onrender.com` (no secret in it).
+    pub server: String,
+    /// The pairing code as logs may show it (`AB***`).
+    pub code: String,
+    /// Hex SHA-256 of the server URL and the code: what matching compares.
+    pub id: String,
+}
+
+/// One result waiting in the outbox (`--state-dir/outbox/<job>.<dest>.json`) until the
+/// server has processed it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutboxEntry {
     pub job_id: String,
@@ -192,6 +206,13 @@ pub struct OutboxEntry {
     /// legacy server frees that connection for its next job.
     pub lane: usize,
     pub msg: WorkerMsg,
+    /// Where it belongs; `None` in entries written before destinations were recorded
+    /// (those are never sent: their server is unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest: Option<Destination>,
+    /// When the result was made (Unix seconds); `None` in older entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made: Option<u64>,
 }
 
 impl OutboxEntry {

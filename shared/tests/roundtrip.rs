@@ -9,8 +9,8 @@ use chaarfm_shared::ipc::{
 };
 use chaarfm_shared::record::{done_files, FileStamp, JsonPath, Record};
 use chaarfm_shared::server::{
-    parse_server, DownloadJob, GenreJob, Incoming, JobKind, JobResult, OutboxEntry, Outcome,
-    ServerJob, TrackData, WorkerMsg,
+    parse_server, Destination, DownloadJob, GenreJob, Incoming, JobKind, JobResult, OutboxEntry,
+    Outcome, ServerJob, TrackData, WorkerMsg,
 };
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -262,7 +262,12 @@ proptest! {
     fn worker_messages_and_outbox_entries_survive_json(msg in worker_msg(), lane in 0usize..64) {
         let text = serde_json::to_string(&msg).expect("serializable");
         prop_assert_eq!(&serde_json::from_str::<WorkerMsg>(&text).expect("parses"), &msg);
-        let entry = OutboxEntry { job_id: "j".into(), lane, msg };
+        let dest = (lane % 2 == 0).then(|| Destination {
+            server: "https://chaarfm.example".into(),
+            code: "AB***".into(),
+            id: format!("{lane:064x}"),
+        });
+        let entry = OutboxEntry { job_id: "j".into(), lane, msg, dest, made: Some(lane as u64) };
         let bytes = serde_json::to_vec(&entry).expect("serializable");
         prop_assert_eq!(OutboxEntry::parse(&bytes), Some(entry));
     }
@@ -276,6 +281,8 @@ proptest! {
                 job_id: "7".into(),
                 outcome: Outcome::Success { data: json!({"vector": [x]}) },
             }),
+            dest: None,
+            made: None,
         };
         let bytes = serde_json::to_vec(&entry).expect("serializable");
         prop_assert_eq!(OutboxEntry::parse(&bytes), Some(entry));

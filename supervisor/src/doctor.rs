@@ -75,6 +75,11 @@ pub async fn run(args: &DoctorArgs, model_arg: Option<&Path>) -> anyhow::Result<
         .clone()
         .unwrap_or_else(crate::os::default_state_dir);
     checks.push(state_dir_check(&state_dir));
+    checks.push(outbox_check(
+        &state_dir.join("outbox"),
+        &args.server.url,
+        args.server.code.as_deref(),
+    ));
     checks.extend(server_checks(&args.server.url, args.server.code.as_deref()).await);
     let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
     if args.json {
@@ -326,6 +331,36 @@ async fn run_version(program: &Path, args: &[&str]) -> Result<String, String> {
         return Err(format!("exit status {}", out.status));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Results waiting in the outbox: for this server and code (with `--code`), and for
+/// others, which are kept and never sent here. A warning, not a failure: the worker runs.
+fn outbox_check(dir: &Path, url: &str, code: Option<&str>) -> Check {
+    let dest = code.map(|c| server::outbox::destination(url, c));
+    let (ours, others) = server::outbox::survey(dir, dest.as_ref());
+    let mut parts = Vec::new();
+    if dest.is_some() {
+        parts.push(format!(
+            "{ours} result(s) waiting for this server and code (sent at the next start)"
+        ));
+    }
+    parts.extend(server::outbox::describe_others(&others));
+    let export = server::outbox::export_path(dir);
+    if export.is_file() {
+        parts.push(format!(
+            "older results for other servers were moved to {}",
+            export.display()
+        ));
+    }
+    if parts.is_empty() {
+        return check("outbox", Status::Ok, "empty");
+    }
+    let status = if others.total() > 0 || export.is_file() {
+        Status::Warn
+    } else {
+        Status::Ok
+    };
+    check("outbox", status, parts.join("; "))
 }
 
 /// The state dir can be created and written, and has room for downloads.

@@ -6,6 +6,14 @@
 //! Each lane sees its part through a `watch` ([`LaneView`]: jobs held, results to send),
 //! and receives results and hand-backs as [`LaneCmd`]s. A job task reports its end
 //! through a guard, so a panicking job is handed back instead of held forever.
+//!
+//! The hub also knows which lanes are connected, and publishes whether any is
+//! (`connected`). With today's server it keeps the session's last connection: the
+//! server deletes a session and its queue when its last worker connection closes (and
+//! no `/ingest` page holds it), so a lane may close on purpose only while another is
+//! connected ([`Hub::may_close`]). A job that cannot be handed back for that reason,
+//! or that arrives while intake is paused, is held here and started when intake
+//! reopens.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,6 +26,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::outbox::{Entry, Outbox};
 use super::work::{End, LocalFault, LocalKind};
 use super::{pause, Intake, LaneCmd};
+
+/// A job that failed locally this many times on the session's last connection is handed
+/// back all the same (closing that connection), so a job that always fails locally
+/// cannot loop.
+const MAX_LOCAL_RETRIES: u32 = 3;
 
 /// Runs one job to its end (the real one downloads and embeds: `work::run`).
 pub type Runner = Arc<dyn Fn(ServerJob) -> Pin<Box<dyn Future<Output = End> + Send>> + Send + Sync>;
@@ -54,6 +67,12 @@ enum Event {
     Connected(usize, oneshot::Sender<Vec<Entry>>),
     /// A lane took a job; answered once the job is counted as held.
     Job(usize, ServerJob, oneshot::Sender<()>),
+    /// A lane's connection ended.
+    Disconnected(usize),
+    /// May this lane close its connection on purpose? (Today's server: not the last.)
+    MayClose(usize, oneshot::Sender<bool>),
+    /// A drain started: jobs held for intake go back to the server.
+    Drain,
     Settled(String, End),
     Stored(Vec<Entry>, Option<String>),
     /// The server has shown these results processed.
@@ -72,16 +91,21 @@ impl Hub {
     pub fn start(
         outbox: Arc<Outbox>,
         intake: Arc<watch::Sender<Intake>>,
+        facts: Facts,
         runner: Runner,
     ) -> (Hub, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = State {
             outbox,
             intake,
+            facts,
             runner,
             events: tx.clone(),
             lanes: Vec::new(),
             in_progress: HashMap::new(),
+            held: Vec::new(),
+            local_retries: HashMap::new(),
+            draining: false,
             summary: Summary::default(),
         };
         (Hub(tx), tokio::spawn(state.run(rx)))
@@ -97,10 +121,29 @@ impl Hub {
         self.ask(Event::AddLane).await
     }
 
+    /// `lane` is connected; returns the results it must send first.
     pub async fn connected(&self, lane: usize) -> Vec<Entry> {
         self.ask(|r| Event::Connected(lane, r))
             .await
             .unwrap_or_default()
+    }
+
+    /// `lane`'s connection ended (lost, or closed on purpose).
+    pub fn disconnected(&self, lane: usize) {
+        let _ = self.0.send(Event::Disconnected(lane));
+    }
+
+    /// Whether `lane` may close its connection on purpose. With today's server, only
+    /// while another lane is connected: closing the session's last connection deletes
+    /// the server's queue. A yes counts the lane as closed at once, so two lanes can
+    /// never both close the last two connections.
+    pub async fn may_close(&self, lane: usize) -> bool {
+        self.ask(|r| Event::MayClose(lane, r)).await.unwrap_or(true)
+    }
+
+    /// A drain started: jobs held until intake reopens are handed back.
+    pub fn drain(&self) {
+        let _ = self.0.send(Event::Drain);
     }
 
     /// Hands a job taken on `lane` to the hub; returns once it counts as held.
@@ -119,16 +162,31 @@ impl Hub {
     }
 }
 
-/// Who waits for a job key's end: every (lane, job id) that asked for it.
-type Waiters = Vec<(usize, String)>;
+/// Who waits for a job key's end: every (lane, job) that asked for it.
+type Waiters = Vec<(usize, ServerJob)>;
+
+/// What the hub reads and publishes besides its own state.
+pub struct Facts {
+    /// `Some(slots)` once the server said `welcome` (protocol 2): it never deletes a
+    /// session for a closed connection, and takes hand-backs as `release`.
+    pub welcome: watch::Receiver<Option<usize>>,
+    /// Whether any lane is connected now (the status line, `/metrics`).
+    pub connected: Arc<watch::Sender<bool>>,
+}
 
 struct State {
     outbox: Arc<Outbox>,
     intake: Arc<watch::Sender<Intake>>,
+    facts: Facts,
     runner: Runner,
     events: mpsc::UnboundedSender<Event>,
     lanes: Vec<Lane>,
     in_progress: HashMap<String, Waiters>,
+    /// Jobs waiting for intake to reopen, with the lane that holds each.
+    held: Vec<(usize, ServerJob)>,
+    /// Local faults per job id on the session's last connection.
+    local_retries: HashMap<String, u32>,
+    draining: bool,
     summary: Summary,
 }
 
@@ -136,13 +194,53 @@ struct Lane {
     cmds: mpsc::UnboundedSender<LaneCmd>,
     view: watch::Sender<LaneView>,
     busy: usize,
+    connected: bool,
 }
 
 impl State {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
-        while let Some(ev) = rx.recv().await {
-            self.handle(ev);
+        let mut intake = self.intake.subscribe();
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => self.handle(ev),
+                    None => return,
+                },
+                Ok(()) = intake.changed() => {
+                    let open = *intake.borrow_and_update() == Intake::Open;
+                    if open {
+                        self.start_held();
+                    }
+                }
+            }
             self.publish();
+        }
+    }
+
+    fn protocol2(&self) -> bool {
+        self.facts.welcome.borrow().is_some()
+    }
+
+    fn paused(&self) -> bool {
+        *self.intake.borrow() != Intake::Open
+    }
+
+    /// Whether a lane other than `lane` is connected.
+    fn others_connected(&self, lane: usize) -> bool {
+        self.lanes
+            .iter()
+            .enumerate()
+            .any(|(i, l)| i != lane && l.connected)
+    }
+
+    /// Starts the jobs held for intake, oldest first.
+    fn start_held(&mut self) {
+        if self.draining {
+            return;
+        }
+        for (lane, job) in std::mem::take(&mut self.held) {
+            tracing::info!(job = %job.job_id, "intake open again: starting the job held meanwhile");
+            self.start(lane, job);
         }
     }
 
@@ -155,6 +253,7 @@ impl State {
                     cmds,
                     view,
                     busy: 0,
+                    connected: false,
                 });
                 let _ = reply.send(LaneHandle {
                     id: self.lanes.len() - 1,
@@ -163,6 +262,9 @@ impl State {
                 });
             }
             Event::Connected(lane, reply) => {
+                if let Some(l) = self.lanes.get_mut(lane) {
+                    l.connected = true;
+                }
                 let n = self.lanes.len();
                 let mine = self
                     .outbox
@@ -172,12 +274,48 @@ impl State {
                     .collect();
                 let _ = reply.send(mine);
             }
+            Event::Disconnected(lane) => {
+                if let Some(l) = self.lanes.get_mut(lane) {
+                    l.connected = false;
+                }
+            }
+            Event::MayClose(lane, reply) => {
+                let yes = self.protocol2() || self.others_connected(lane);
+                if yes {
+                    if let Some(l) = self.lanes.get_mut(lane) {
+                        l.connected = false;
+                    }
+                }
+                let _ = reply.send(yes);
+            }
+            Event::Drain => {
+                self.draining = true;
+                for (lane, job) in std::mem::take(&mut self.held) {
+                    self.summary.handed_back += 1;
+                    self.release(lane);
+                    tracing::info!(job = %job.job_id, "handed back: stopping (it was waiting for intake to reopen)");
+                    self.send(
+                        lane,
+                        LaneCmd::HandBack {
+                            job_id: job.job_id,
+                            reason: "worker stopping".into(),
+                        },
+                    );
+                }
+            }
             Event::Job(lane, job, taken) => {
                 let lane = owner(lane, self.lanes.len());
                 if let Some(l) = self.lanes.get_mut(lane) {
                     l.busy += 1;
                 }
-                self.start(lane, job);
+                if self.paused() && !self.draining {
+                    // Today's server, on the session's last connection: held, not
+                    // handed back, and worked when intake reopens.
+                    tracing::info!(job = %job.job_id, "intake paused: job held until it reopens");
+                    self.held.push((lane, job));
+                } else {
+                    self.start(lane, job);
+                }
                 // The lane reads its view as soon as it hears back: publish first, so
                 // the count is right whatever the runtime's threading.
                 self.publish();
@@ -186,10 +324,15 @@ impl State {
             Event::Settled(key, end) => {
                 let waiters = self.in_progress.remove(&key).unwrap_or_default();
                 match end {
-                    Ok(outcome) => self.store(outcome, waiters),
+                    Ok(outcome) => {
+                        for (_, job) in &waiters {
+                            self.local_retries.remove(&job.job_id);
+                        }
+                        self.store(outcome, waiters)
+                    }
                     Err(fault) => {
-                        for (lane, job_id) in waiters {
-                            self.hand_back(lane, job_id, &fault);
+                        for (lane, job) in waiters {
+                            self.hand_back(lane, job, &fault);
                         }
                     }
                 }
@@ -238,12 +381,11 @@ impl State {
         let key = job.key();
         if let Some(waiters) = self.in_progress.get_mut(&key) {
             tracing::info!(job = %job.job_id, key = %key, "same key already in progress; attaching to it");
-            waiters.push((lane, job.job_id));
+            waiters.push((lane, job));
             return;
         }
-        self.in_progress
-            .insert(key.clone(), vec![(lane, job.job_id.clone())]);
-        let run = (self.runner)(job);
+        let run = (self.runner)(job.clone());
+        self.in_progress.insert(key.clone(), vec![(lane, job)]);
         let settle = Settle {
             events: self.events.clone(),
             key: Some(key),
@@ -258,20 +400,18 @@ impl State {
     fn store(&mut self, outcome: Outcome, waiters: Waiters) {
         let entries: Vec<Entry> = waiters
             .into_iter()
-            .map(|(lane, job_id)| {
+            .map(|(lane, job)| {
+                let job_id = job.job_id;
                 if let Outcome::Failed { error } = &outcome {
                     tracing::warn!(job = %job_id, %error, "job failed");
                 } else {
                     tracing::info!(job = %job_id, "job done");
                 }
-                Entry {
-                    msg: WorkerMsg::Result(JobResult {
-                        job_id: job_id.clone(),
-                        outcome: outcome.clone(),
-                    }),
-                    job_id,
-                    lane,
-                }
+                let msg = WorkerMsg::Result(JobResult {
+                    job_id: job_id.clone(),
+                    outcome: outcome.clone(),
+                });
+                self.outbox.entry(job_id, lane, msg)
             })
             .collect();
         let (ob, events) = (Arc::clone(&self.outbox), self.events.clone());
@@ -286,10 +426,40 @@ impl State {
         });
     }
 
-    fn hand_back(&mut self, lane: usize, job_id: String, fault: &LocalFault) {
-        tracing::warn!(job = %job_id, reason = %fault.message, "job handed back to the server (a fault of this machine, not the track's)");
+    /// A job not done for a fault of this machine goes back to the server, except on
+    /// today's server's last connection: there it is held and started again once
+    /// intake is open (closing that connection would delete the server's queue).
+    fn hand_back(&mut self, lane: usize, job: ServerJob, fault: &LocalFault) {
+        let lane = owner(lane, self.lanes.len());
         if fault.kind == LocalKind::Disk {
             pause(&self.intake, fault.message.clone());
+        }
+        let job_id = job.job_id.clone();
+        let tries = {
+            let t = self.local_retries.entry(job_id.clone()).or_default();
+            *t += 1;
+            *t
+        };
+        let keep = !self.protocol2()
+            && !self.draining
+            && fault.kind == LocalKind::Disk
+            && tries <= MAX_LOCAL_RETRIES
+            && !self.others_connected(lane);
+        if keep {
+            tracing::warn!(job = %job_id, reason = %fault.message, "job kept for later (a fault of this machine, not the track's): its connection is the session's last, and closing it would delete the server's queue");
+            self.held.push((lane, job));
+            if !self.paused() {
+                self.start_held();
+            }
+            return;
+        }
+        self.local_retries.remove(&job_id);
+        tracing::warn!(job = %job_id, reason = %fault.message, "job handed back to the server (a fault of this machine, not the track's)");
+        if !self.protocol2() {
+            // The lane closes its connection to hand the job back.
+            if let Some(l) = self.lanes.get_mut(lane) {
+                l.connected = false;
+            }
         }
         self.summary.handed_back += 1;
         self.release(lane);
@@ -315,8 +485,15 @@ impl State {
         }
     }
 
-    /// Tells every lane what it holds; a lane wakes only when its own view changed.
+    /// Tells every lane what it holds (a lane wakes only when its own view changed), and
+    /// everyone whether a lane is connected.
     fn publish(&self) {
+        let any = self.lanes.iter().any(|l| l.connected);
+        self.facts.connected.send_if_modified(|c| {
+            let changed = *c != any;
+            *c = any;
+            changed
+        });
         let n = self.lanes.len();
         let mut pending: Vec<Vec<String>> = vec![Vec::new(); n];
         for (id, lane) in self.outbox.pending_ids() {
@@ -402,6 +579,9 @@ mod tests {
         hub: Hub,
         dir: std::path::PathBuf,
         intake: Arc<watch::Sender<Intake>>,
+        connected: Arc<watch::Sender<bool>>,
+        /// `Some`: the server said welcome (protocol 2).
+        welcome: watch::Sender<Option<usize>>,
         /// Each started job's release: the test decides how it ends.
         gates: Gates,
     }
@@ -409,8 +589,10 @@ mod tests {
     fn fixture(name: &str) -> Fixture {
         let dir = std::env::temp_dir().join(format!("chaarfm-hub-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let outbox = Arc::new(Outbox::open(&dir).unwrap());
+        let outbox = Arc::new(Outbox::open(&dir, here()).unwrap());
         let intake = Arc::new(watch::channel(Intake::Open).0);
+        let connected = Arc::new(watch::channel(false).0);
+        let welcome = watch::channel(None).0;
         let gates: Gates = Arc::default();
         let g = Arc::clone(&gates);
         let runner: Runner = Arc::new(move |job: ServerJob| {
@@ -423,16 +605,37 @@ mod tests {
                 }
             })
         });
-        let (hub, _task) = Hub::start(outbox, Arc::clone(&intake), runner);
+        let facts = Facts {
+            welcome: welcome.subscribe(),
+            connected: Arc::clone(&connected),
+        };
+        let (hub, _task) = Hub::start(outbox, Arc::clone(&intake), facts, runner);
         Fixture {
             hub,
             dir,
             intake,
+            connected,
+            welcome,
             gates,
         }
     }
 
+    fn here() -> super::super::outbox::Destination {
+        super::super::outbox::destination("http://127.0.0.1:9", "TEST42")
+    }
+
+    fn disk_full() -> End {
+        Err(LocalFault {
+            kind: LocalKind::Disk,
+            message: "No space left on device".into(),
+        })
+    }
+
     impl Fixture {
+        fn started(&self) -> usize {
+            self.gates.lock().unwrap().len()
+        }
+
         fn finish(&self, i: usize, end: End) {
             let (_, tx) = self.gates.lock().unwrap().remove(i);
             tx.send(end).unwrap();
@@ -496,14 +699,11 @@ mod tests {
     async fn a_disk_fault_hands_back_and_pauses_intake() {
         let f = fixture("disk");
         let mut lane = f.hub.add_lane().await.unwrap();
+        let other = f.hub.add_lane().await.unwrap();
+        f.hub.connected(lane.id).await;
+        f.hub.connected(other.id).await;
         f.hub.job(lane.id, job("j1", "https://youtu.be/a")).await;
-        f.finish(
-            0,
-            Err(LocalFault {
-                kind: LocalKind::Disk,
-                message: "No space left on device".into(),
-            }),
-        );
+        f.finish(0, disk_full());
         let Some(LaneCmd::HandBack { job_id, .. }) = lane.cmds.recv().await else {
             panic!("not handed back")
         };
@@ -536,20 +736,22 @@ mod tests {
     #[tokio::test]
     async fn results_of_lanes_gone_since_the_last_run_go_to_lane_zero() {
         let f = fixture("orphans");
-        let outbox = Outbox::open(&f.dir).unwrap();
-        let mut e = Entry {
-            job_id: "old".into(),
-            lane: 7,
-            msg: WorkerMsg::Pong,
-        };
-        outbox.put(&e).unwrap();
-        e.job_id = "mine".into();
-        e.lane = 1;
-        outbox.put(&e).unwrap();
+        let outbox = Outbox::open(&f.dir, here()).unwrap();
+        outbox
+            .put(&outbox.entry("old".into(), 7, WorkerMsg::Pong))
+            .unwrap();
+        outbox
+            .put(&outbox.entry("mine".into(), 1, WorkerMsg::Pong))
+            .unwrap();
         // A hub over the directory a previous run left.
+        let facts = Facts {
+            welcome: f.welcome.subscribe(),
+            connected: Arc::clone(&f.connected),
+        };
         let (hub, _t) = Hub::start(
-            Arc::new(Outbox::open(&f.dir).unwrap()),
+            Arc::new(Outbox::open(&f.dir, here()).unwrap()),
             Arc::clone(&f.intake),
+            facts,
             Arc::new(|_| Box::pin(async { ok() })),
         );
         let zero = hub.add_lane().await.unwrap();
@@ -557,5 +759,97 @@ mod tests {
         let ids = |v: Vec<Entry>| v.into_iter().map(|e| e.job_id).collect::<Vec<_>>();
         assert_eq!(ids(hub.connected(zero.id).await), vec!["old"]);
         assert_eq!(ids(hub.connected(one.id).await), vec!["mine"]);
+    }
+
+    #[tokio::test]
+    async fn todays_servers_last_connection_is_never_closed_on_purpose() {
+        let f = fixture("lastconn");
+        let a = f.hub.add_lane().await.unwrap();
+        let b = f.hub.add_lane().await.unwrap();
+        assert!(
+            !f.hub.may_close(a.id).await,
+            "a lane never connected is no spare"
+        );
+        f.hub.connected(a.id).await;
+        f.hub.connected(b.id).await;
+        assert!(f.hub.may_close(a.id).await, "b stays connected");
+        assert!(
+            !f.hub.may_close(b.id).await,
+            "b is now the session's last connection"
+        );
+        f.hub.disconnected(a.id);
+        f.hub.connected(a.id).await;
+        assert!(f.hub.may_close(b.id).await, "a is back");
+        // Protocol 2 never deletes a session for a closed connection.
+        let _ = f.welcome.send(Some(3));
+        assert!(f.hub.may_close(a.id).await);
+    }
+
+    #[tokio::test]
+    async fn connected_is_published_and_cleared_when_every_lane_is_down() {
+        let f = fixture("connected");
+        let a = f.hub.add_lane().await.unwrap();
+        let b = f.hub.add_lane().await.unwrap();
+        let mut seen = f.connected.subscribe();
+        f.hub.connected(a.id).await;
+        f.hub.connected(b.id).await;
+        seen.wait_for(|c| *c).await.unwrap();
+        f.hub.disconnected(a.id);
+        f.hub.summary().await; // the hub handled the event before it answers
+        assert!(*seen.borrow(), "b is still connected");
+        f.hub.disconnected(b.id);
+        seen.wait_for(|c| !*c).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_disk_fault_on_the_last_connection_keeps_the_job_until_intake_reopens() {
+        let f = fixture("keep");
+        let mut lane = f.hub.add_lane().await.unwrap();
+        f.hub.connected(lane.id).await;
+        f.hub.job(lane.id, job("j1", "https://youtu.be/a")).await;
+        f.finish(0, disk_full());
+        let mut intake = f.intake.subscribe();
+        intake.wait_for(|i| *i != Intake::Open).await.unwrap();
+        f.hub.summary().await;
+        assert!(
+            lane.cmds.try_recv().is_err(),
+            "handed back on the last connection"
+        );
+        assert_eq!(lane.view.borrow().busy, 1, "the job still counts as held");
+        assert_eq!(f.started(), 0, "not run while paused");
+        let _ = f.intake.send(Intake::Open);
+        assert!(
+            crate::server::tests::eventually(|| f.started() == 1).await,
+            "not started again once intake reopened"
+        );
+        f.finish(0, ok());
+        let Some(LaneCmd::Result(e)) = lane.cmds.recv().await else {
+            panic!("no result")
+        };
+        assert_eq!(e.job_id, "j1");
+        assert_eq!(f.hub.summary().await.handed_back, 0);
+    }
+
+    #[tokio::test]
+    async fn a_job_that_arrives_while_paused_is_held_then_worked_or_handed_back_at_a_drain() {
+        let f = fixture("held");
+        let mut lane = f.hub.add_lane().await.unwrap();
+        f.hub.connected(lane.id).await;
+        let _ = f.intake.send(Intake::Paused("disk".into()));
+        f.hub.job(lane.id, job("j1", "https://youtu.be/a")).await;
+        f.hub.job(lane.id, job("j2", "https://youtu.be/b")).await;
+        assert_eq!(f.started(), 0);
+        assert_eq!(lane.view.borrow().busy, 2);
+        let _ = f.intake.send(Intake::Open);
+        assert!(crate::server::tests::eventually(|| f.started() == 2).await);
+        // Paused again, a job arrives, and the worker stops: it goes back to the server.
+        let _ = f.intake.send(Intake::Paused("disk".into()));
+        f.hub.job(lane.id, job("j3", "https://youtu.be/c")).await;
+        f.hub.drain();
+        let Some(LaneCmd::HandBack { job_id, .. }) = lane.cmds.recv().await else {
+            panic!("not handed back at the drain")
+        };
+        assert_eq!(job_id, "j3");
+        assert_eq!(f.started(), 2, "j3 never ran");
     }
 }

@@ -15,11 +15,16 @@
 //! - A job that fails for a fault of this machine (disk, pool) is handed back, never
 //!   reported failed: its connection is closed (today's server requeues it) or it is
 //!   `release`d (protocol 2). A disk fault pauses intake until a probe succeeds.
+//! - Today's server deletes a session and its queue when its last worker connection
+//!   closes (unless its `/ingest` page is open), so no lane closes the session's last
+//!   connection on purpose (`Hub::may_close`): while paused one stays open, and a job
+//!   that arrives on it is held until intake reopens.
 
 pub mod download;
 pub mod guard;
 pub mod hub;
 pub mod metrics;
+pub mod names;
 pub mod outbox;
 pub mod status;
 pub mod work;
@@ -40,6 +45,10 @@ use crate::signals::Signals;
 use crate::Outcome;
 use hub::{Hub, LaneHandle, LaneView};
 use outbox::{Entry, Outbox};
+
+/// Draining: how long to wait for the server's answer to our close, which shows it
+/// received every frame sent before it.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 /// How long to wait for a `welcome` before assuming today's one-job-per-connection server.
 const WELCOME_WAIT: Duration = Duration::from_secs(3);
@@ -169,7 +178,8 @@ pub struct Ctx {
     intake: Arc<watch::Sender<Intake>>,
     /// `Some(slots)` once a server said `welcome`: protocol 2.
     welcome: watch::Sender<Option<usize>>,
-    connected: watch::Sender<bool>,
+    /// Whether any lane is connected: written by the hub only.
+    connected: Arc<watch::Sender<bool>>,
     fatal: watch::Sender<Option<String>>,
     /// Children + 1: the next download overlaps inference.
     slots: usize,
@@ -271,12 +281,24 @@ pub async fn run(
             "yt-dlp not found: only direct audio URLs can be downloaded (run scripts/setup.sh)"
         ),
     }
-    let outbox = Outbox::open(&opts.state_dir.join("outbox")).context("opening the outbox")?;
+    let dest = outbox::destination(&opts.base, &opts.code);
+    let outbox =
+        Outbox::open(&opts.state_dir.join("outbox"), dest).context("opening the outbox")?;
     let pending = outbox.len();
     if pending > 0 {
         tracing::info!(
             pending,
-            "results from a previous run are waiting in the outbox; sending them first"
+            "results from a previous run for this server and code are waiting in the outbox; sending them first"
+        );
+    }
+    for line in outbox::describe_others(outbox.others()) {
+        tracing::warn!("{line}");
+    }
+    if let Some((n, path)) = outbox.exported() {
+        tracing::warn!(
+            path = %path.display(),
+            "{n} result(s) for another server, older than 7 days, were moved from the outbox to {} (one JSON line each, as in the outbox); they were never sent",
+            path.display()
         );
     }
     let ctx = Arc::new(Ctx {
@@ -295,7 +317,7 @@ pub async fn run(
         draining: watch::channel(false).0,
         intake: Arc::new(watch::channel(Intake::Open).0),
         welcome: watch::channel(None).0,
-        connected: watch::channel(false).0,
+        connected: Arc::new(watch::channel(false).0),
         fatal: watch::channel(None).0,
         slots: children + 1,
     });
@@ -309,7 +331,16 @@ pub async fn run(
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
-    let (hub, hub_task) = Hub::start(Arc::clone(&ctx.outbox), Arc::clone(&ctx.intake), runner);
+    let facts = hub::Facts {
+        welcome: ctx.welcome.subscribe(),
+        connected: Arc::clone(&ctx.connected),
+    };
+    let (hub, hub_task) = Hub::start(
+        Arc::clone(&ctx.outbox),
+        Arc::clone(&ctx.intake),
+        facts,
+        runner,
+    );
     tracing::info!(url = %ctx.masked_url, slots, "connecting to ChaarFM");
     let mut lanes = tokio::task::JoinSet::new();
     spawn_lane(&ctx, &hub, &mut lanes).await;
@@ -370,12 +401,17 @@ pub async fn run(
                 }
                 tracing::warn!("interrupted: finishing the jobs in flight and sending their results (interrupt again to stop now)");
                 let _ = ctx.draining.send(true);
+                hub.drain();
             }
             msg = fatal.wait_for(|f| f.is_some()) => {
                 break Some(msg.map(|m| m.clone().unwrap_or_default()).unwrap_or_default());
             }
             stop = ctx.pool.fatal() => {
                 // Jobs held are handed back: closing their connections requeues them.
+                // This is the one stop that cannot keep a connection open.
+                if !ctx.protocol2() {
+                    tracing::warn!("closing every connection to ChaarFM: today's server keeps its queue (and the jobs handed back) only while its /ingest page is open in a browser");
+                }
                 break Some(format!("{stop}; the jobs in hand were handed back to the server"));
             }
             j = lanes.join_next() => {
@@ -515,7 +551,9 @@ async fn lane(ctx: Arc<Ctx>, hub: Hub, mut me: LaneHandle) {
         };
         let since = Instant::now();
         let mut useful = false;
-        match serve_connection(&ctx, &hub, &mut me, ws, &mut draining, &mut useful).await {
+        let ended = serve_connection(&ctx, &hub, &mut me, ws, &mut draining, &mut useful).await;
+        hub.disconnected(id);
+        match ended {
             Ended::Drained => return,
             Ended::HandedBack => {
                 tracing::debug!(lane = id, "connection closed to hand a job back");
@@ -553,7 +591,6 @@ async fn serve_connection(
 ) -> Ended {
     let id = me.id;
     let (mut sink, mut stream) = ws.split();
-    let _ = ctx.connected.send(true);
     tracing::info!(lane = id, "connected");
     let p2 = || ctx.protocol2();
     if id == 0 {
@@ -582,12 +619,17 @@ async fn serve_connection(
     }
     let mut intake = ctx.intake.subscribe();
     let mut announced_pause = false;
+    // Paused, and the hub said this is the session's last connection: it stays open.
+    let mut keeper = false;
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = Instant::now();
     let mut proof_deadline: Option<tokio::time::Instant> = None;
     loop {
         let paused = ctx.paused();
+        if !paused {
+            keeper = false;
+        }
         let (busy, unsent, held) = {
             let v = me.view.borrow();
             (
@@ -602,14 +644,25 @@ async fn serve_connection(
                 if unproven.is_empty()
                     || proof_deadline.is_some_and(|d| d <= tokio::time::Instant::now())
                 {
-                    let _ = sink.send(Message::Close(None)).await;
+                    if close_acknowledged(&mut sink, &mut stream).await {
+                        // The server answered our close, so it received every result
+                        // sent before it; it handles them in order. Keeping them would
+                        // send them again at the next start, perhaps into another
+                        // session of this code.
+                        hub.processed(std::mem::take(&mut unproven));
+                    }
                     return Ended::Drained;
                 }
                 proof_deadline.get_or_insert_with(|| tokio::time::Instant::now() + PROOF_WAIT);
-            } else if paused {
-                // A connection asks today's server for a job: none while paused.
-                let _ = sink.send(Message::Close(None)).await;
-                return Ended::HandedBack;
+            } else if paused && !keeper {
+                // A connection asks today's server for a job: none while paused, except
+                // the session's last, which keeps the server's queue alive.
+                if hub.may_close(id).await {
+                    let _ = sink.send(Message::Close(None)).await;
+                    return Ended::HandedBack;
+                }
+                tracing::info!(lane = id, "paused: keeping this connection open, the session's last (closing it would delete the server's queue); a job sent on it waits for the pause to end");
+                keeper = true;
             }
         }
         if p2() {
@@ -678,9 +731,14 @@ async fn serve_connection(
                                     return Ended::Lost(e);
                                 }
                             } else if !*draining.borrow() {
-                                // Closing hands it back; the server requeues it.
-                                let _ = sink.send(Message::Close(None)).await;
-                                return Ended::HandedBack;
+                                // Closing hands it back (the server requeues it), unless
+                                // this is the session's last connection: then it is held
+                                // until intake reopens.
+                                if hub.may_close(id).await {
+                                    let _ = sink.send(Message::Close(None)).await;
+                                    return Ended::HandedBack;
+                                }
+                                hub.job(id, job).await;
                             }
                             continue;
                         }
@@ -734,6 +792,30 @@ async fn serve_connection(
     }
 }
 
+/// Sends our close and waits (at most [`CLOSE_WAIT`]) for the server's; whether it came.
+async fn close_acknowledged<S, R>(sink: &mut S, stream: &mut R) -> bool
+where
+    S: futures_util::Sink<Message> + Unpin,
+    R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    if sink.send(Message::Close(None)).await.is_err() {
+        return false;
+    }
+    let answer = async {
+        while let Some(m) = stream.next().await {
+            match m {
+                Ok(Message::Close(_)) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    };
+    tokio::time::timeout(CLOSE_WAIT, answer)
+        .await
+        .unwrap_or(false)
+}
+
 async fn send_json<S>(sink: &mut S, msg: &WorkerMsg) -> Result<(), String>
 where
     S: futures_util::Sink<Message> + Unpin,
@@ -770,6 +852,18 @@ async fn keepalive(ctx: Arc<Ctx>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Yields to the runtime until `cond` holds (at most 10,000 times): for tests of
+    /// tasks on the same current-thread runtime, without a clock.
+    pub(crate) async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+        for _ in 0..10_000 {
+            if cond() {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        cond()
+    }
 
     #[test]
     fn backoff_grows_on_failures_and_resets_after_a_stable_or_useful_connection() {

@@ -2,6 +2,14 @@
 //! (protocol 2: its `ack`; today's server: the next job on the connection that carried
 //! it), and sent again after a reconnect or a restart.
 //!
+//! Each result records where it belongs ([`Destination`]: the server and the pairing
+//! code, hashed) and is only ever sent there: the server stores a result for an unknown
+//! job id in whatever session it arrives on, so a result made for one server or session
+//! and sent to another would be stored in the wrong place. An outbox opened for one
+//! destination holds only its own results; the others stay on disk, are counted
+//! ([`Outbox::others`]) and, after [`EXPORT_AFTER`], are moved to an export file of
+//! the same line format ([`Outbox::exported`]), never dropped.
+//!
 //! Results live in memory and, when the disk allows, as one file each in
 //! `--state-dir/outbox` (written to a temporary name, synced, renamed: a crash never
 //! leaves half a result). A write that fails keeps the result in memory and is tried
@@ -11,8 +19,34 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
-pub use chaarfm_shared::server::OutboxEntry as Entry;
+pub use chaarfm_shared::server::{Destination, OutboxEntry as Entry, WorkerMsg};
+use sha2::{Digest, Sha256};
+
+use super::names::{hex, job_stem};
+
+/// Results for another server or code older than this are moved to the export file.
+pub const EXPORT_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The export file beside the outbox directory.
+pub fn export_path(dir: &Path) -> PathBuf {
+    dir.with_file_name("outbox-export.jsonl")
+}
+
+/// The destination of results made for `server` (a base URL) and pairing `code`.
+pub fn destination(server: &str, code: &str) -> Destination {
+    let server = server.trim().trim_end_matches('/').to_string();
+    let mut h = Sha256::new();
+    h.update(server.to_ascii_lowercase().as_bytes());
+    h.update([0u8]);
+    h.update(code.as_bytes());
+    Destination {
+        code: super::mask(code),
+        id: hex(&h.finalize()),
+        server,
+    }
+}
 
 #[derive(Debug)]
 struct Held {
@@ -21,41 +55,201 @@ struct Held {
     on_disk: bool,
 }
 
+/// Results on disk that belong elsewhere, by destination (`None`: written by a version
+/// that did not record it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Others(pub BTreeMap<Option<Destination>, usize>);
+
+impl Others {
+    pub fn total(&self) -> usize {
+        self.0.values().sum()
+    }
+}
+
 #[derive(Debug)]
 pub struct Outbox {
     dir: PathBuf,
+    dest: Destination,
     held: Mutex<(u64, BTreeMap<String, Held>)>,
+    others: Others,
+    /// Moved to the export file at open: how many, and where.
+    exported: Option<(usize, PathBuf)>,
+}
+
+/// What one file of the outbox directory is.
+enum Found {
+    Entry(Entry, SystemTime),
+    Damaged,
+}
+
+/// Every `*.json` file of `dir` (stray temporary files removed), oldest first.
+fn scan(dir: &Path, remove_tmp: bool) -> Vec<(PathBuf, Found)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<(SystemTime, PathBuf)> = Vec::new();
+    for p in rd.flatten().map(|e| e.path()) {
+        match p.extension().and_then(|e| e.to_str()) {
+            Some("json") => files.push((
+                std::fs::metadata(&p)
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH),
+                p,
+            )),
+            Some("tmp") if remove_tmp => {
+                let _ = std::fs::remove_file(&p);
+            }
+            _ => {}
+        }
+    }
+    files.sort();
+    files
+        .into_iter()
+        .map(|(mtime, p)| {
+            let found = match read_entry(&p) {
+                Some(e) => {
+                    let made = e
+                        .made
+                        .map(|s| std::time::UNIX_EPOCH + Duration::from_secs(s))
+                        .unwrap_or(mtime);
+                    Found::Entry(e, made)
+                }
+                None => Found::Damaged,
+            };
+            (p, found)
+        })
+        .collect()
+}
+
+/// What the outbox directory holds, read only (`doctor`): results for `dest`, and the
+/// others by destination.
+pub fn survey(dir: &Path, dest: Option<&Destination>) -> (usize, Others) {
+    let mut ours = 0;
+    let mut others = Others::default();
+    for (_, found) in scan(dir, false) {
+        if let Found::Entry(e, _) = found {
+            match (&e.dest, dest) {
+                (Some(d), Some(want)) if d.id == want.id => ours += 1,
+                (d, _) => *others.0.entry(d.clone()).or_default() += 1,
+            }
+        }
+    }
+    (ours, others)
+}
+
+/// One line per destination, for logs and `doctor`.
+pub fn describe_others(others: &Others) -> Vec<String> {
+    others
+        .0
+        .iter()
+        .map(|(d, n)| match d {
+            Some(d) => format!(
+                "{n} result(s) for another server are kept in the outbox ({} with code {}); they are sent when chaarfm-super is started with that --url and --code",
+                d.server, d.code
+            ),
+            None => format!(
+                "{n} result(s) from an older chaarfm-super, which did not record their server, are kept in the outbox; they are never sent (their server is unknown) and move to the export file after 7 days"
+            ),
+        })
+        .collect()
 }
 
 impl Outbox {
-    /// Opens (creating) the outbox directory and loads what a previous run left; stray
-    /// temporary files of a write cut short are removed.
-    pub fn open(dir: &Path) -> std::io::Result<Self> {
+    /// Opens (creating) the outbox directory for results of `dest` and loads what a
+    /// previous run left for it; stray temporary files of a write cut short are removed.
+    /// Results for other destinations stay where they are, counted; those older than
+    /// [`EXPORT_AFTER`] are appended to [`export_path`] and their files removed.
+    pub fn open(dir: &Path, dest: Destination) -> std::io::Result<Self> {
+        Self::open_at(dir, dest, SystemTime::now())
+    }
+
+    fn open_at(dir: &Path, dest: Destination, now: SystemTime) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let mut others = Others::default();
+        let mut old: Vec<(PathBuf, Entry)> = Vec::new();
+        let mut mine = Vec::new();
+        for (p, found) in scan(dir, true) {
+            match found {
+                Found::Entry(e, _) if e.dest.as_ref().is_some_and(|d| d.id == dest.id) => {
+                    mine.push(e)
+                }
+                Found::Entry(e, made) => {
+                    if now.duration_since(made).unwrap_or_default() > EXPORT_AFTER {
+                        old.push((p, e));
+                    } else {
+                        *others.0.entry(e.dest.clone()).or_default() += 1;
+                    }
+                }
+                Found::Damaged => {
+                    tracing::warn!(path = %p.display(), "unreadable outbox entry; moving it aside");
+                    let _ = std::fs::rename(&p, p.with_extension("bad"));
+                }
+            }
+        }
+        let exported = if old.is_empty() {
+            None
+        } else {
+            let path = export_path(dir);
+            match export(&path, &old) {
+                Ok(()) => {
+                    for (p, _) in &old {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    Some((old.len(), path))
+                }
+                Err(e) => {
+                    // Kept in place: counted, and tried again at the next start.
+                    tracing::warn!(error = %e, path = %path.display(), "cannot write the outbox export file");
+                    for (_, entry) in old {
+                        *others.0.entry(entry.dest).or_default() += 1;
+                    }
+                    None
+                }
+            }
+        };
         let ob = Self {
             dir: dir.to_path_buf(),
+            dest,
             held: Mutex::new((0, BTreeMap::new())),
+            others,
+            exported,
         };
-        for entry in ob.load() {
+        for entry in mine {
             ob.insert(entry, true);
         }
         Ok(ob)
     }
 
+    /// Results on disk for other servers or codes (never sent by this run).
+    pub fn others(&self) -> &Others {
+        &self.others
+    }
+
+    /// How many results for other destinations were moved to the export file at open.
+    pub fn exported(&self) -> Option<&(usize, PathBuf)> {
+        self.exported.as_ref()
+    }
+
+    /// A result of this outbox's destination, made now.
+    pub fn entry(&self, job_id: String, lane: usize, msg: WorkerMsg) -> Entry {
+        let made = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .ok();
+        Entry {
+            job_id,
+            lane,
+            msg,
+            dest: Some(self.dest.clone()),
+            made,
+        }
+    }
+
+    /// The file of `job_id`'s result: the one job-file rule, and the destination, so two
+    /// servers' results never share a file.
     fn file(&self, job_id: &str) -> PathBuf {
-        // Job ids are the server's; keep only safe characters for a file name.
-        let safe: String = job_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(120)
-            .collect();
-        self.dir.join(format!("{safe}.json"))
+        let tag = self.dest.id.get(..16).unwrap_or(&self.dest.id);
+        self.dir.join(format!("{}.{tag}.json", job_stem(job_id)))
     }
 
     fn insert(&self, entry: Entry, on_disk: bool) {
@@ -75,6 +269,10 @@ impl Outbox {
     /// Holds a result, and stores it durably if the disk allows. On an error the result
     /// is still held (in memory) and the caller learns the disk is failing.
     pub fn put(&self, entry: &Entry) -> std::io::Result<()> {
+        debug_assert!(
+            entry.dest.as_ref() == Some(&self.dest),
+            "a result for another destination"
+        );
         let written = write_entry(&self.file(&entry.job_id), entry);
         self.insert(entry.clone(), written.is_ok());
         written
@@ -197,39 +395,6 @@ impl Outbox {
             }
         }
     }
-
-    fn load(&self) -> Vec<Entry> {
-        let Ok(dir) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut files: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
-        for p in dir.flatten().map(|e| e.path()) {
-            match p.extension().and_then(|e| e.to_str()) {
-                Some("json") => files.push((
-                    std::fs::metadata(&p)
-                        .and_then(|m| m.modified())
-                        .unwrap_or(std::time::UNIX_EPOCH),
-                    p,
-                )),
-                Some("tmp") => {
-                    let _ = std::fs::remove_file(&p);
-                }
-                _ => {}
-            }
-        }
-        files.sort();
-        files
-            .into_iter()
-            .filter_map(|(_, p)| match read_entry(&p) {
-                Some(e) => Some(e),
-                None => {
-                    tracing::warn!(path = %p.display(), "unreadable outbox entry; moving it aside");
-                    let _ = std::fs::rename(&p, p.with_extension("bad"));
-                    None
-                }
-            })
-            .collect()
-    }
 }
 
 fn read_entry(p: &Path) -> Option<Entry> {
@@ -241,6 +406,22 @@ fn read_entry(p: &Path) -> Option<Entry> {
         .read_to_end(&mut bytes)
         .ok()?;
     Entry::parse(&bytes)
+}
+
+/// Appends `entries` to the export file, one JSON line each (the outbox's own format).
+fn export(path: &Path, entries: &[(PathBuf, Entry)]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut text = Vec::new();
+    for (_, e) in entries {
+        serde_json::to_writer(&mut text, e).map_err(std::io::Error::other)?;
+        text.push(b'\n');
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    f.write_all(&text)?;
+    f.sync_all()
 }
 
 /// Writes `entry` to `path` atomically; a failed write leaves no temporary file. The
@@ -267,9 +448,13 @@ fn write_entry(path: &Path, entry: &Entry) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chaarfm_shared::server::{JobResult, Outcome, WorkerMsg};
+    use chaarfm_shared::server::{JobResult, Outcome};
 
-    fn entry(id: &str, lane: usize) -> Entry {
+    fn here() -> Destination {
+        destination("https://chaarfm.example/", "CODE42")
+    }
+
+    fn entry_for(dest: &Destination, id: &str, lane: usize) -> Entry {
         Entry {
             job_id: id.into(),
             lane,
@@ -277,18 +462,30 @@ mod tests {
                 job_id: id.into(),
                 outcome: Outcome::Failed { error: "x".into() },
             }),
+            dest: Some(dest.clone()),
+            made: Some(1_000),
         }
+    }
+
+    fn entry(id: &str, lane: usize) -> Entry {
+        entry_for(&here(), id, lane)
+    }
+
+    fn test_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("chaarfm-outbox-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
     }
 
     #[test]
     fn entries_survive_until_removed() {
-        let dir = std::env::temp_dir().join(format!("chaarfm-outbox-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let ob = Outbox::open(&dir).unwrap();
+        let dir = test_dir("survive");
+        let ob = Outbox::open(&dir, here()).unwrap();
         ob.put(&entry("a/../b", 0)).unwrap();
         ob.put(&entry("c", 1)).unwrap();
         std::fs::write(dir.join("stray.tmp"), b"half").unwrap();
-        let again = Outbox::open(&dir).unwrap();
+        let again = Outbox::open(&dir, here()).unwrap();
         let ids: Vec<String> = again.pending().into_iter().map(|e| e.job_id).collect();
         assert_eq!(ids.len(), 2);
         assert!(ids.contains(&"a/../b".to_string()));
@@ -299,10 +496,89 @@ mod tests {
     }
 
     #[test]
+    fn a_destination_keeps_no_secret_and_tells_servers_and_codes_apart() {
+        let d = destination("https://chaarfm.example/", "CODE42");
+        assert_eq!(d, destination("https://chaarfm.example", "CODE42"));
+        assert_eq!(
+            (d.server.as_str(), d.code.as_str()),
+            ("https://chaarfm.example", "CO***")
+        );
+        let text = serde_json::to_string(&entry("j", 0)).unwrap();
+        assert!(
+            !text.contains("CODE42"),
+            "the code is on disk in full: {text}"
+        );
+        assert_ne!(d.id, destination("https://chaarfm.example", "CODE43").id);
+        assert_ne!(d.id, destination("http://127.0.0.1:8765", "CODE42").id);
+    }
+
+    #[test]
+    fn results_for_another_server_or_code_are_kept_counted_and_never_loaded() {
+        let dir = test_dir("others");
+        let staging = destination("http://127.0.0.1:8765", "TEST42");
+        let ob = Outbox::open(&dir, staging.clone()).unwrap();
+        for id in ["s1", "s2", "same-id"] {
+            ob.put(&ob.entry(id.into(), 0, entry(id, 0).msg)).unwrap();
+        }
+        drop(ob);
+        // Production: none of staging's results is pending; they are counted.
+        let prod = Outbox::open(&dir, here()).unwrap();
+        assert!(prod.pending().is_empty());
+        assert_eq!(prod.others().0.get(&Some(staging.clone())), Some(&3));
+        let lines = describe_others(prod.others());
+        assert!(
+            lines[0].starts_with("3 result(s) for another server are kept in the outbox (http://127.0.0.1:8765 with code TE***)"),
+            "{lines:?}"
+        );
+        // One job id on both servers: two files, neither overwrites the other.
+        prod.put(&entry("same-id", 0)).unwrap();
+        prod.remove("same-id");
+        let back = Outbox::open(&dir, staging.clone()).unwrap();
+        assert_eq!(
+            back.pending().len(),
+            3,
+            "staging's results are all still there"
+        );
+        assert_eq!(survey(&dir, Some(&staging)).0, 3);
+        assert_eq!(survey(&dir, Some(&here())).1.total(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn after_seven_days_other_servers_results_move_to_the_export_file() {
+        let dir = test_dir("export");
+        std::fs::create_dir_all(&dir).unwrap();
+        let staging = destination("http://127.0.0.1:8765", "TEST42");
+        let old = entry_for(&staging, "old", 0); // made at 1000 s after the epoch
+        write_entry(&dir.join("j-old.aaaa.json"), &old).unwrap();
+        // An entry of an older version: no destination, dated by its file.
+        let mut legacy = entry("legacy", 1);
+        legacy.dest = None;
+        legacy.made = None;
+        write_entry(&dir.join("legacy.json"), &legacy).unwrap();
+        let now = SystemTime::now();
+        let ob = Outbox::open_at(&dir, here(), now).unwrap();
+        let (n, path) = ob.exported().expect("exported").clone();
+        assert_eq!((n, path.clone()), (1, export_path(&dir)));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(Entry::parse(text.trim_end().as_bytes()), Some(old));
+        assert!(!dir.join("j-old.aaaa.json").exists());
+        // The legacy one is recent by its file date: kept and counted, as unknown.
+        assert_eq!(ob.others().0.get(&None), Some(&1));
+        drop(ob);
+        let later = now + EXPORT_AFTER + Duration::from_secs(60);
+        let ob = Outbox::open_at(&dir, here(), later).unwrap();
+        assert_eq!(ob.exported().map(|e| e.0), Some(1));
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
+        assert!(ob.others().0.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
     fn a_failed_write_keeps_the_result_in_memory_and_leaves_no_tmp() {
-        let dir = std::env::temp_dir().join(format!("chaarfm-outbox-ro-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let ob = Outbox::open(&dir).unwrap();
+        let dir = test_dir("ro");
+        let ob = Outbox::open(&dir, here()).unwrap();
         // The directory vanishes (or the disk fails): writes fail.
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(ob.put(&entry("j1", 0)).is_err());
@@ -313,7 +589,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         ob.persist().unwrap();
         assert_eq!(ob.unsaved(), 0);
-        assert!(dir.join("j1.json").exists());
+        assert!(ob.file("j1").exists());
         let names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
         assert_eq!(names.len(), 1, "stray files: {names:?}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -321,9 +597,8 @@ mod tests {
 
     #[test]
     fn concurrent_writes_of_one_job_id_both_succeed() {
-        let dir = std::env::temp_dir().join(format!("chaarfm-outbox-cc-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let ob = std::sync::Arc::new(Outbox::open(&dir).unwrap());
+        let dir = test_dir("cc");
+        let ob = std::sync::Arc::new(Outbox::open(&dir, here()).unwrap());
         let writers: Vec<_> = (0..8)
             .map(|lane| {
                 let ob = std::sync::Arc::clone(&ob);
@@ -343,9 +618,8 @@ mod tests {
 
     #[test]
     fn rescue_writes_what_the_outbox_cannot_hold_elsewhere() {
-        let dir = std::env::temp_dir().join(format!("chaarfm-outbox-rs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let ob = Outbox::open(&dir).unwrap();
+        let dir = test_dir("rs");
+        let ob = Outbox::open(&dir, here()).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         let _ = ob.put(&entry("j2", 0));
         let fallback =

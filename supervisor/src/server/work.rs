@@ -93,16 +93,7 @@ fn classify(e: DownloadError) -> Fail {
 }
 
 async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<Value, Fail> {
-    let stem: String = job_id
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .take(64)
-        .collect();
-    let stem = if stem.is_empty() {
-        "job".to_string()
-    } else {
-        stem
-    };
+    let stem = super::names::job_stem(job_id);
     // Recreated if something removed it; failing that, the disk is the problem.
     crate::os::ensure_private_dir(&ctx.tmp).map_err(|e| {
         Fail::disk(format!(
