@@ -1,16 +1,20 @@
 //! Getting a job's audio onto disk, in the supervisor (never in the children):
-//! - plain http(s) audio URLs (a path ending in an audio extension) are streamed to disk
-//!   directly, with size bounds enforced while streaming and connect/read timeouts;
-//! - anything else (YouTube, other sites, searches) goes through yt-dlp as a subprocess:
-//!   an argument vector, never a shell, `--` before the URL, M4A/AAC preferred (symphonia
-//!   decodes it as is; no post-processing).
+//! - YouTube URLs ([`is_youtube`]) and searches go through yt-dlp as a subprocess: an
+//!   argument vector, never a shell, `--` before the URL, M4A/AAC preferred (symphonia
+//!   decodes it as is; no post-processing). yt-dlp resolves names itself, so it gets
+//!   nothing else: any other URL could make it request a machine on this network;
+//! - every other http(s) URL is streamed to disk directly ([`http_download`]), every
+//!   name and redirect hop resolved through the private-address guard, in bounded time
+//!   (a floor rate over a window, a ceiling for the whole download, a timeout per
+//!   read), size-bounded while streaming, web pages and documents refused by their
+//!   Content-Type, transient network errors retried twice.
 //!
 //! Only http and https are accepted. Files live in a private directory and are removed
 //! by the caller after the job.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chaarfm_child::layout;
 use serde_json::Value;
@@ -26,34 +30,88 @@ pub struct Limits {
     pub read_timeout: Duration,
     /// yt-dlp gets this long in all.
     pub ytdlp_timeout: Duration,
+    /// A direct download averaging less than `min_rate` bytes/s over a `rate_window`
+    /// fails as too slow...
+    pub min_rate: u64,
+    pub rate_window: Duration,
+    /// ...and one that takes longer than this in all fails too.
+    pub max_time: Duration,
+    /// Waits before the retries of a transient network error (one retry each).
+    pub retry_delays: Vec<Duration>,
     /// `--allow-private-urls`: the private-address guard is off (`server::guard`).
     pub allow_private: bool,
 }
 
 impl Limits {
-    /// Defaults (0.5 MB, 50 MB, 15 s connect, 30 s per read, 10 min yt-dlp), overridden by
-    /// `POST_DOWNLOAD_MIN_SIZE_MB`, `POST_DOWNLOAD_MAX_SIZE_MB` and
-    /// `CHAARFM_READ_TIMEOUT_S`.
+    /// Defaults (0.5 MB, 50 MB, 15 s connect, 30 s per read, 16 KB/s over 60 s, 15 min
+    /// in all, 10 min yt-dlp), overridden by `POST_DOWNLOAD_MIN_SIZE_MB`,
+    /// `POST_DOWNLOAD_MAX_SIZE_MB`, `CHAARFM_READ_TIMEOUT_S`, `CHAARFM_DOWNLOAD_MIN_KBPS`,
+    /// `CHAARFM_DOWNLOAD_WINDOW_S` and `CHAARFM_DOWNLOAD_MAX_S`.
     pub fn from_env() -> Self {
-        let mb = |name: &str, default: f64| -> u64 {
-            let v = std::env::var(name)
+        let num = |name: &str, default: f64| -> f64 {
+            std::env::var(name)
                 .ok()
                 .and_then(|v| v.trim().parse::<f64>().ok())
-                .unwrap_or(default);
-            (v.max(0.0) * 1024.0 * 1024.0) as u64
+                .filter(|v| v.is_finite())
+                .unwrap_or(default)
+                .max(0.0)
         };
-        let read_s = std::env::var("CHAARFM_READ_TIMEOUT_S")
-            .ok()
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(30.0);
+        let mb = |name: &str, default: f64| (num(name, default) * 1024.0 * 1024.0) as u64;
+        let secs = |name: &str, default: f64| Duration::from_secs_f64(num(name, default).max(0.1));
         Limits {
             min_bytes: mb("POST_DOWNLOAD_MIN_SIZE_MB", 0.5),
             max_bytes: mb("POST_DOWNLOAD_MAX_SIZE_MB", 50.0),
             connect_timeout: Duration::from_secs(15),
-            read_timeout: Duration::from_secs_f64(read_s.max(0.1)),
+            read_timeout: secs("CHAARFM_READ_TIMEOUT_S", 30.0),
             ytdlp_timeout: Duration::from_secs(600),
+            min_rate: (num("CHAARFM_DOWNLOAD_MIN_KBPS", 16.0) * 1024.0) as u64,
+            rate_window: secs("CHAARFM_DOWNLOAD_WINDOW_S", 60.0),
+            max_time: secs("CHAARFM_DOWNLOAD_MAX_S", 900.0),
+            retry_delays: vec![Duration::from_secs(1), Duration::from_secs(3)],
             allow_private: false,
         }
+    }
+}
+
+/// The floor rate of a direct download: each window of [`Limits::rate_window`] must
+/// bring at least `min_rate` x its length in bytes (a source that trickles a byte a
+/// second never trips a per-read timeout, and would hold a slot forever).
+#[derive(Debug, Clone)]
+pub struct RateFloor {
+    min_rate: u64,
+    window: Duration,
+    start: Instant,
+    at_start: u64,
+}
+
+impl RateFloor {
+    pub fn new(limits: &Limits, now: Instant) -> Self {
+        RateFloor {
+            min_rate: limits.min_rate,
+            window: limits.rate_window,
+            start: now,
+            at_start: 0,
+        }
+    }
+
+    /// `total` bytes have arrived by `now`: an error once a whole window brought less
+    /// than the floor.
+    pub fn check(&mut self, now: Instant, total: u64) -> Result<(), DownloadError> {
+        let elapsed = now.saturating_duration_since(self.start);
+        if elapsed < self.window {
+            return Ok(());
+        }
+        let got = total.saturating_sub(self.at_start);
+        if (got as f64) < self.min_rate as f64 * elapsed.as_secs_f64() {
+            return Err(DownloadError::TooSlow {
+                got_kb: got as f64 / 1024.0,
+                secs: elapsed.as_secs_f64(),
+                min_kbps: self.min_rate as f64 / 1024.0,
+            });
+        }
+        self.start = now;
+        self.at_start = total;
+        Ok(())
     }
 }
 
@@ -64,8 +122,19 @@ pub enum DownloadError {
     Scheme(String),
     #[error("download failed: HTTP {0}")]
     Status(u16),
-    #[error("download failed: {0}")]
-    Transport(String),
+    /// A network error; `transient` ones (reset, refused, cut, timed out) are retried.
+    #[error("download failed: {what}")]
+    Network { what: String, transient: bool },
+    #[error("download too slow: {got_kb:.1} KB in {secs:.0} s, less than {min_kbps:.0} KB/s (CHAARFM_DOWNLOAD_MIN_KBPS)")]
+    TooSlow {
+        got_kb: f64,
+        secs: f64,
+        min_kbps: f64,
+    },
+    #[error("download too slow: not done after {0} s (CHAARFM_DOWNLOAD_MAX_S)")]
+    TookTooLong(u64),
+    #[error("not audio: the server sent {0}, a web page or document rather than a sound file")]
+    NotAudio(String),
     #[error("download too large: the server announces {announced_mb:.1} MB, more than POST_DOWNLOAD_MAX_SIZE_MB ({max_mb:.1} MB)")]
     Announced { announced_mb: f64, max_mb: f64 },
     #[error("download too large: more than POST_DOWNLOAD_MAX_SIZE_MB ({max_mb:.1} MB)")]
@@ -105,6 +174,70 @@ impl DownloadError {
             _ => false,
         }
     }
+
+    /// Worth trying again: a network error that says nothing about the source, or a
+    /// server error (5xx). A 4xx, a refusal or a wrong size is final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DownloadError::Network { transient, .. } => *transient,
+            DownloadError::Status(s) => *s >= 500,
+            _ => false,
+        }
+    }
+
+    /// A ureq error, classified.
+    fn from_ureq(e: ureq::Error) -> DownloadError {
+        let transient = match &e {
+            ureq::Error::Io(io) => return Self::from_io(io),
+            ureq::Error::Other(_) => {
+                return match e {
+                    ureq::Error::Other(inner) => match inner.downcast::<super::guard::Refused>() {
+                        Ok(refused) => DownloadError::Refused(*refused),
+                        Err(other) => DownloadError::Network {
+                            what: other.to_string(),
+                            transient: false,
+                        },
+                    },
+                    _ => unreachable!("matched as Other above"),
+                };
+            }
+            ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed | ureq::Error::BodyStalled => {
+                true
+            }
+            _ => false,
+        };
+        DownloadError::Network {
+            what: e.to_string(),
+            transient,
+        }
+    }
+
+    /// An I/O error while connecting or reading the body (ureq wraps its own errors).
+    fn from_io(e: &std::io::Error) -> DownloadError {
+        use std::io::ErrorKind as K;
+        if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>()) {
+            if let ureq::Error::Timeout(_) = inner {
+                return DownloadError::Network {
+                    what: format!("the server stopped sending ({inner})"),
+                    transient: true,
+                };
+            }
+        }
+        let transient = matches!(
+            e.kind(),
+            K::UnexpectedEof
+                | K::ConnectionReset
+                | K::ConnectionAborted
+                | K::ConnectionRefused
+                | K::TimedOut
+                | K::BrokenPipe
+                | K::Interrupted
+        );
+        DownloadError::Network {
+            what: e.to_string(),
+            transient,
+        }
+    }
 }
 
 /// What a download produced.
@@ -141,14 +274,69 @@ fn host(url: &str) -> String {
     host.split(':').next().unwrap_or(host).to_ascii_lowercase()
 }
 
-/// Whether `url` points straight at an audio file (downloaded directly, not via yt-dlp).
-pub fn is_direct_audio(url: &str) -> bool {
-    let p = url_path(url).to_ascii_lowercase();
-    [
-        ".mp3", ".m4a", ".aac", ".ogg", ".oga", ".opus", ".flac", ".wav", ".webm", ".mka",
-    ]
-    .iter()
-    .any(|e| p.ends_with(e))
+/// Hosts whose URLs go to yt-dlp; every other URL is downloaded directly, through the
+/// guard.
+const YOUTUBE_HOSTS: &[&str] = &[
+    "youtube.com",
+    "www.youtube.com",
+    "m.youtube.com",
+    "music.youtube.com",
+    "youtu.be",
+];
+
+/// Whether `url` is a YouTube URL (http(s), one of [`YOUTUBE_HOSTS`], no user info, the
+/// default port): the only URLs yt-dlp is given.
+pub fn is_youtube(url: &str) -> bool {
+    let Ok(uri) = url.trim().parse::<ureq::http::Uri>() else {
+        return false;
+    };
+    let (Some(scheme), Some(auth)) = (uri.scheme_str(), uri.authority()) else {
+        return false;
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match uri.port_u16() {
+        None => true,
+        Some(p) => (scheme == "https" && p == 443) || (scheme == "http" && p == 80),
+    };
+    (scheme == "https" || scheme == "http")
+        && !auth.as_str().contains('@')
+        && default_port
+        && YOUTUBE_HOSTS.contains(&auth.host().to_ascii_lowercase().as_str())
+}
+
+/// The extension a direct download is saved with: the URL's own when it is an audio
+/// extension, else one for the Content-Type, else `audio` (the decoder probes the bytes).
+fn download_ext(url: &str, content_type: &str) -> String {
+    let path = url_path(url).to_ascii_lowercase();
+    if let Some((_, ext)) = path.rsplit_once('.') {
+        if chaarfm_child::decode::AUDIO_EXTENSIONS.contains(&ext) {
+            return ext.to_string();
+        }
+    }
+    match content_type {
+        "audio/mpeg" | "audio/mp3" => "mp3",
+        "audio/mp4" | "audio/x-m4a" | "audio/m4a" => "m4a",
+        "audio/aac" | "audio/aacp" => "aac",
+        "audio/ogg" | "application/ogg" | "audio/vorbis" => "ogg",
+        "audio/opus" => "opus",
+        "audio/flac" | "audio/x-flac" => "flac",
+        "audio/wav" | "audio/x-wav" | "audio/wave" | "audio/vnd.wave" => "wav",
+        "audio/webm" | "video/webm" => "webm",
+        "audio/x-matroska" => "mka",
+        _ => "audio",
+    }
+    .to_string()
+}
+
+/// A Content-Type that is a page or a document, never a sound file.
+fn is_not_audio(content_type: &str) -> bool {
+    content_type.starts_with("text/")
+        || content_type.ends_with("+xml")
+        || content_type.ends_with("+json")
+        || matches!(
+            content_type,
+            "application/json" | "application/xml" | "application/xhtml" | "application/javascript"
+        )
 }
 
 /// The `youtube_id` of a result: the video id for YouTube URLs, else the URL path's file
@@ -185,26 +373,57 @@ pub fn youtube_id(url: &str) -> String {
     }
 }
 
-/// Streams `url` into `dest`, enforcing the size bounds as bytes arrive (blocking: run it
-/// on a blocking thread).
-pub fn http_download(url: &str, dest: &Path, limits: &Limits) -> Result<(), DownloadError> {
+/// Downloads `url` into `dir` as `<stem>.<ext>` (the extension from the URL or the
+/// Content-Type), bounded in size and time, retrying transient network errors (blocking:
+/// run it on a blocking thread). Returns the file written.
+pub fn http_download(
+    url: &str,
+    dir: &Path,
+    stem: &str,
+    limits: &Limits,
+) -> Result<PathBuf, DownloadError> {
     let guard = (!limits.allow_private).then(super::guard::GuardResolver::default);
-    fetch(url, dest, limits, guard)
+    fetch(url, dir, stem, limits, guard.as_ref())
 }
 
 /// [`http_download`] with the guard given (`None`: off).
 fn fetch(
     url: &str,
-    dest: &Path,
+    dir: &Path,
+    stem: &str,
     limits: &Limits,
-    guard: Option<super::guard::GuardResolver>,
-) -> Result<(), DownloadError> {
+    guard: Option<&super::guard::GuardResolver>,
+) -> Result<PathBuf, DownloadError> {
+    let mut delays = limits.retry_delays.iter();
+    loop {
+        match fetch_once(url, dir, stem, limits, guard) {
+            Err(e) if e.is_transient() => match delays.next() {
+                Some(d) => {
+                    tracing::info!(%url, error = %e, "download interrupted; trying again in {} s", d.as_secs_f64());
+                    std::thread::sleep(*d);
+                }
+                None => return Err(e),
+            },
+            other => return other,
+        }
+    }
+}
+
+/// One attempt of [`fetch`].
+fn fetch_once(
+    url: &str,
+    dir: &Path,
+    stem: &str,
+    limits: &Limits,
+    guard: Option<&super::guard::GuardResolver>,
+) -> Result<PathBuf, DownloadError> {
     check_url(url)?;
-    if let Some(g) = &guard {
+    if let Some(g) = guard {
         // Through a proxy (HTTP(S)_PROXY), names are resolved by the proxy: literal
         // addresses, at least, are checked here.
         g.check_literal(url)?;
     }
+    let started = Instant::now();
     let config = ureq::Agent::config_builder()
         .timeout_connect(Some(limits.connect_timeout))
         .timeout_per_read(Some(limits.read_timeout))
@@ -220,27 +439,34 @@ fn fetch(
         Some(guard) => ureq::Agent::with_parts(
             config,
             ureq::unversioned::transport::DefaultConnector::new(),
-            guard,
+            guard.clone(),
         ),
     };
-    let resp = agent.get(url).call().map_err(|e| match e {
-        ureq::Error::Other(inner) => match inner.downcast::<super::guard::Refused>() {
-            Ok(refused) => DownloadError::Refused(*refused),
-            Err(other) => DownloadError::Transport(other.to_string()),
-        },
-        e => DownloadError::Transport(e.to_string()),
-    })?;
+    let resp = agent.get(url).call().map_err(DownloadError::from_ureq)?;
     let status = resp.status().as_u16();
     if status >= 400 {
         return Err(DownloadError::Status(status));
     }
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_string())
+    };
+    let content_type = header("content-type")
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if is_not_audio(&content_type) {
+        return Err(DownloadError::NotAudio(content_type));
+    }
     let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
-    if let Some(len) = resp
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
+    if let Some(len) = header("content-length").and_then(|v| v.parse::<u64>().ok()) {
         if len > limits.max_bytes {
             return Err(DownloadError::Announced {
                 announced_mb: mb(len),
@@ -248,30 +474,29 @@ fn fetch(
             });
         }
     }
+    let dest = dir.join(format!("{stem}.{}", download_ext(url, &content_type)));
     let mut reader = resp
         .into_body()
         .into_with_config()
         .limit(limits.max_bytes.saturating_add(1))
         .reader();
-    let mut file = std::io::BufWriter::new(std::fs::File::create(dest)?);
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&dest)?);
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
+    let mut floor = RateFloor::new(limits, started);
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if total + 1 > limits.max_bytes && e.to_string().contains("limit") => {
-                return Err(DownloadError::TooLarge {
-                    max_mb: mb(limits.max_bytes),
-                })
+            Err(e) => {
+                let inner = e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>());
+                if let Some(ureq::Error::BodyExceedsLimit(_)) = inner {
+                    return Err(DownloadError::TooLarge {
+                        max_mb: mb(limits.max_bytes),
+                    });
+                }
+                return Err(DownloadError::from_io(&e));
             }
-            Err(e) if e.to_string().contains("timeout") => {
-                return Err(DownloadError::Transport(format!(
-                    "the server sent nothing for {} s (stalled)",
-                    limits.read_timeout.as_secs_f64()
-                )))
-            }
-            Err(e) => return Err(DownloadError::Transport(e.to_string())),
         };
         total += n as u64;
         if total > limits.max_bytes {
@@ -280,6 +505,11 @@ fn fetch(
             });
         }
         file.write_all(&buf[..n])?;
+        let now = Instant::now();
+        floor.check(now, total)?;
+        if now.duration_since(started) > limits.max_time {
+            return Err(DownloadError::TookTooLong(limits.max_time.as_secs()));
+        }
     }
     file.flush()?;
     if total < limits.min_bytes {
@@ -288,7 +518,7 @@ fn fetch(
             min_mb: mb(limits.min_bytes),
         });
     }
-    Ok(())
+    Ok(dest)
 }
 
 /// yt-dlp, and the JavaScript runtime it needs for YouTube (since late 2025) when that
@@ -464,45 +694,243 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// A one-shot HTTP server on `ip`: answers every request with `response`; returns
-    /// its port.
+    /// An HTTP server on `ip` that answers every request with `response`; returns its
+    /// port.
     fn serve(ip: &str, response: String) -> u16 {
+        serve_with(ip, move |_, conn| {
+            let _ = conn.write_all(response.as_bytes());
+        })
+        .0
+    }
+
+    /// An HTTP server on `ip` whose answer to request `n` (from 0) is `answer(n, conn)`;
+    /// returns its port and the count of requests so far.
+    fn serve_with(
+        ip: &str,
+        answer: impl Fn(usize, &mut std::net::TcpStream) + Send + 'static,
+    ) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = std::sync::Arc::clone(&count);
         std::thread::spawn(move || {
             for mut conn in listener.incoming().flatten() {
                 let mut buf = [0u8; 2048];
                 let _ = conn.read(&mut buf);
-                let _ = conn.write_all(response.as_bytes());
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                answer(n, &mut conn);
             }
         });
-        port
+        (port, count)
     }
 
     fn limits() -> Limits {
         Limits {
             min_bytes: 0,
+            allow_private: true,
+            retry_delays: vec![Duration::from_millis(10); 2],
             ..Limits::from_env()
         }
     }
 
+    fn test_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("chaarfm-dl-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_rate_floor_trips_on_a_slow_window_only() {
+        let l = Limits {
+            min_rate: 16 * 1024,
+            rate_window: Duration::from_secs(60),
+            ..limits()
+        };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut f = RateFloor::new(&l, t0);
+        // Slow at first, but the window is not over: nothing to say yet.
+        assert!(f.check(at(30), 10).is_ok());
+        // 60 s brought 2 MB: fine, and a new window starts.
+        assert!(f.check(at(60), 2 << 20).is_ok());
+        // The next 61 s bring 12 bytes: a trickle, refused.
+        let e = f.check(at(121), (2 << 20) + 12).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("download too slow: 0.0 KB in 61 s, less than 16 KB/s"),
+            "{e}"
+        );
+        assert!(!e.is_transient(), "a slow source is not retried");
+    }
+
+    #[test]
+    fn only_youtube_urls_go_to_yt_dlp() {
+        for yes in [
+            "https://www.youtube.com/watch?v=x",
+            "https://youtube.com/watch?v=x",
+            "https://m.youtube.com/watch?v=x",
+            "https://music.youtube.com/watch?v=x",
+            "https://youtu.be/abc",
+            "HTTPS://WWW.YOUTUBE.COM/watch?v=x",
+            "https://www.youtube.com:443/watch?v=x",
+        ] {
+            assert!(is_youtube(yes), "{yes}");
+        }
+        for no in [
+            "http://localhost:18931/admin",
+            "http://router.lan/",
+            "https://youtube.com.evil.example/watch?v=x",
+            "https://evil.example/?u=https://www.youtube.com/",
+            "https://www.youtube.com@127.0.0.1/watch?v=x",
+            "https://www.youtube.com:8080/watch?v=x",
+            "https://soundcloud.com/a/b",
+            "ftp://youtube.com/x",
+            "ytsearch1:x",
+            "",
+        ] {
+            assert!(!is_youtube(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn a_web_page_is_refused_by_its_content_type_and_audio_named_by_its_own() {
+        let dir = test_dir("ctype");
+        let page = serve(
+            "127.0.0.1",
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: 6\r\nConnection: close\r\n\r\n<html>".into(),
+        );
+        let e = http_download(
+            &format!("http://127.0.0.1:{page}/song.mp3"),
+            &dir,
+            "j-a",
+            &limits(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "not audio: the server sent text/html, a web page or document rather than a sound file"
+        );
+        let audio = serve(
+            "127.0.0.1",
+            "HTTP/1.1 200 OK\r\nContent-Type: audio/ogg\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc".into(),
+        );
+        let got = http_download(
+            &format!("http://127.0.0.1:{audio}/stream?id=1"),
+            &dir,
+            "j-b",
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(got, dir.join("j-b.ogg"), "named by its Content-Type");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_cut_body_is_retried_and_a_4xx_is_not() {
+        let dir = test_dir("retry");
+        let (port, count) = serve_with("127.0.0.1", |n, conn| {
+            if n == 0 {
+                // Announces 10 bytes, sends 3, and closes: a cut connection.
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
+            } else {
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nabcdefghij",
+                );
+            }
+        });
+        let got = http_download(
+            &format!("http://127.0.0.1:{port}/a.mp3"),
+            &dir,
+            "j-a",
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(got).unwrap(), b"abcdefghij");
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let (port, count) = serve_with("127.0.0.1", |_, conn| {
+            let _ = conn.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        });
+        let e = http_download(
+            &format!("http://127.0.0.1:{port}/a.mp3"),
+            &dir,
+            "j-b",
+            &limits(),
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "download failed: HTTP 404");
+        assert_eq!(
+            count.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "a 4xx is final"
+        );
+        // Cut every time: tried three times, then the job fails with the reason.
+        let (port, count) = serve_with("127.0.0.1", |_, conn| {
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
+        });
+        let e = http_download(
+            &format!("http://127.0.0.1:{port}/a.mp3"),
+            &dir,
+            "j-c",
+            &limits(),
+        )
+        .unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_trickling_source_fails_as_too_slow() {
+        let dir = test_dir("trickle");
+        let (port, count) = serve_with("127.0.0.1", |_, conn| {
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5000000\r\n\r\n");
+            // A byte every 50 ms, for far longer than the test waits.
+            for _ in 0..2000 {
+                if conn.write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let l = Limits {
+            rate_window: Duration::from_millis(500),
+            ..limits()
+        };
+        let e =
+            http_download(&format!("http://127.0.0.1:{port}/a.mp3"), &dir, "j-a", &l).unwrap_err();
+        assert!(e.to_string().starts_with("download too slow: "), "{e}");
+        assert_eq!(
+            count.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "not retried"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn the_guard_refuses_loopback_by_address_by_name_and_after_a_redirect() {
-        let dir = std::env::temp_dir().join(format!("chaarfm-guard-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = test_dir("guard");
         let dest = dir.join("x.mp3");
+        let limits = || Limits {
+            allow_private: false,
+            ..limits()
+        };
         let audio = serve(
             "127.0.0.1",
             "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc".into(),
         );
         let direct = format!("http://127.0.0.1:{audio}/x.mp3");
-        let e = http_download(&direct, &dest, &limits()).unwrap_err();
+        let e = http_download(&direct, &dir, "x", &limits()).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!("refused {direct}: loopback address (pass --allow-private-urls to allow)")
         );
         let named = format!("http://localhost:{audio}/x.mp3");
-        let e = http_download(&named, &dest, &limits()).unwrap_err();
+        let e = http_download(&named, &dir, "x", &limits()).unwrap_err();
         assert!(e.to_string().contains("loopback address"), "{e}");
         // 127.0.0.2 stands in for a public host that redirects to loopback.
         let hop = serve(
@@ -512,9 +940,10 @@ mod tests {
         let public = "127.0.0.2".parse().unwrap();
         let e = fetch(
             &format!("http://127.0.0.2:{hop}/x.mp3"),
-            &dest,
+            &dir,
+            "x",
             &limits(),
-            Some(super::super::guard::GuardResolver::exempting(public)),
+            Some(&super::super::guard::GuardResolver::exempting(public)),
         )
         .unwrap_err();
         assert_eq!(
@@ -528,7 +957,7 @@ mod tests {
             allow_private: true,
             ..limits()
         };
-        http_download(&direct, &dest, &open).unwrap();
+        http_download(&direct, &dir, "x", &open).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"abc");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -566,7 +995,11 @@ mod tests {
             youtube_id("http://127.0.0.1:8080/audio/awakening.mp3?x=1"),
             "awakening"
         );
-        assert!(is_direct_audio("http://h/a/b.FLAC?sig=1"));
-        assert!(!is_direct_audio("https://www.youtube.com/watch?v=x"));
+        assert_eq!(
+            download_ext("http://h/a/b.FLAC?sig=1", "audio/mpeg"),
+            "flac"
+        );
+        assert_eq!(download_ext("http://h/page", "audio/mpeg"), "mp3");
+        assert_eq!(download_ext("http://h/page", ""), "audio");
     }
 }

@@ -155,6 +155,15 @@ pub struct GuardResolver {
     exempt: Vec<IpAddr>,
 }
 
+impl Clone for GuardResolver {
+    fn clone(&self) -> Self {
+        GuardResolver {
+            inner: Default::default(),
+            exempt: self.exempt.clone(),
+        }
+    }
+}
+
 impl GuardResolver {
     /// [`check_literal`], letting the exempt addresses through.
     pub fn check_literal(&self, url: &str) -> Result<(), Refused> {

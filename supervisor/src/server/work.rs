@@ -109,30 +109,7 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
     let got: Downloaded = match url {
         Some(url) => {
             download::check_url(url).map_err(classify)?;
-            if !ctx.limits.allow_private {
-                // yt-dlp resolves names itself; literal addresses are caught here, and
-                // direct downloads check every resolved address (`server::guard`).
-                super::guard::check_literal(url).map_err(|e| Fail::Track(e.to_string()))?;
-            }
-            if download::is_direct_audio(url) {
-                let ext = url
-                    .split(['?', '#'])
-                    .next()
-                    .and_then(|p| p.rsplit_once('.'))
-                    .map(|(_, e)| e.to_ascii_lowercase())
-                    .unwrap_or_else(|| "audio".into());
-                let dest = ctx.tmp.join(format!("{stem}.{ext}"));
-                let (u, dst, limits) = (url.to_string(), dest.clone(), ctx.limits.clone());
-                tokio::task::spawn_blocking(move || download::http_download(&u, &dst, &limits))
-                    .await
-                    .map_err(|e| Fail::Track(format!("download task failed: {e}")))?
-                    .map_err(classify)?;
-                Downloaded {
-                    path: dest,
-                    meta: None,
-                    source_url: url.to_string(),
-                }
-            } else {
+            if download::is_youtube(url) {
                 let ytdlp = ctx
                     .ytdlp
                     .as_ref()
@@ -140,6 +117,27 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
                 download::ytdlp_download(ytdlp, url, false, &ctx.tmp, &stem, &ctx.limits)
                     .await
                     .map_err(classify)?
+            } else {
+                // Not YouTube: never to yt-dlp, which resolves names itself. The direct
+                // downloader checks every resolved address and redirect hop
+                // (`server::guard`) and refuses pages and documents.
+                let (u, dir, st, limits) = (
+                    url.to_string(),
+                    ctx.tmp.clone(),
+                    stem.clone(),
+                    ctx.limits.clone(),
+                );
+                let path = tokio::task::spawn_blocking(move || {
+                    download::http_download(&u, &dir, &st, &limits)
+                })
+                .await
+                .map_err(|e| Fail::Track(format!("download task failed: {e}")))?
+                .map_err(classify)?;
+                Downloaded {
+                    path,
+                    meta: None,
+                    source_url: url.to_string(),
+                }
             }
         }
         None => {
@@ -321,7 +319,7 @@ async fn genre(ctx: &Ctx, g: &GenreJob) -> Result<Value, String> {
                 .and_then(Value::as_str)
                 .map(str::to_string)
         })
-        .filter(|u| download::check_url(u).is_ok())
+        .filter(|u| download::check_url(u).is_ok() && download::is_youtube(u))
         .collect();
     if urls.is_empty() {
         return Ok(json!({ "tracks": [], "genre": g.genre }));
