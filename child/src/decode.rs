@@ -30,6 +30,12 @@ pub enum DecodeError {
     UnsupportedFormat(String),
     #[error("not an audio file that symphonia or ffmpeg can read ({0})")]
     Unreadable(String),
+    #[error("not a valid {format} file ({why}): it is damaged, cut short, or not audio at all (a web page saved under an audio name)")]
+    Corrupt { format: String, why: String },
+    /// No reader of symphonia recognized the bytes (turned into `Corrupt` or the ffmpeg
+    /// fallback by [`AudioStream::open`]; said like `UnsupportedFormat`).
+    #[error("not a supported audio file ({0}); supported: MP3, MP1/MP2, AAC and ALAC in MP4/M4A, Ogg Vorbis/Opus, WebM/Matroska Opus, FLAC, WAV, AIFF, CAF{hint}", hint = FFMPEG_HINT)]
+    Unrecognized(String),
     #[error("file has no audio track")]
     NoAudioTrack,
     #[error("unsupported audio codec ({0}){hint}", hint = FFMPEG_HINT)]
@@ -50,7 +56,18 @@ const FFMPEG_HINT: &str = "; installing ffmpeg adds WMA, AC3/E-AC3, WavPack, APE
 pub const AUDIO_EXTENSIONS: &[&str] = &[
     "mp3", "mp2", "mp1", "mpa", "m4a", "m4b", "mp4", "aac", "alac", "ogg", "oga", "opus", "flac",
     "wav", "wave", "aif", "aiff", "aifc", "caf", "webm", "mka", "mkv", "wma", "asf", "ac3", "eac3",
-    "wv", "ape", "mpc", "tta", "dts", "amr", "au", "snd",
+    "wv", "ape", "mpc", "tta", "dts", "au", "snd",
+];
+
+/// Extensions of the containers symphonia reads itself. A file so named in which no
+/// reader of symphonia recognizes its container is refused as corrupt, never handed to
+/// ffmpeg, which takes almost any bytes for some stream (a web page named `.mp3` decoded
+/// as minutes of speech). A container symphonia recognizes holding a codec or variant it
+/// lacks (AC3 in Matroska, GSM in WAV) still goes to ffmpeg, whose codec must be music
+/// (`ffmpeg::is_music_codec`).
+pub const SYMPHONIA_EXTENSIONS: &[&str] = &[
+    "mp3", "mp2", "mp1", "mpa", "m4a", "m4b", "mp4", "aac", "alac", "ogg", "oga", "opus", "flac",
+    "wav", "wave", "aif", "aiff", "aifc", "caf", "webm", "mka", "mkv",
 ];
 
 /// Artist and title from the file's own tags (ID3, Vorbis comments, MP4 atoms...).
@@ -107,8 +124,21 @@ impl AudioStream {
     /// Opens and probes `path`; fails if it holds no decodable audio track. A format or
     /// codec symphonia lacks goes to ffmpeg, when installed.
     pub fn open(path: &Path) -> Result<Self, DecodeError> {
+        let owned = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .filter(|e| SYMPHONIA_EXTENSIONS.contains(&e.as_str()));
         match Self::open_symphonia(path) {
-            Err(DecodeError::UnsupportedFormat(why) | DecodeError::UnsupportedCodec(why)) => {
+            Err(DecodeError::Unrecognized(why)) if owned.is_some() => Err(DecodeError::Corrupt {
+                format: owned.unwrap_or_default().to_ascii_uppercase(),
+                why,
+            }),
+            Err(
+                DecodeError::Unrecognized(why)
+                | DecodeError::UnsupportedFormat(why)
+                | DecodeError::UnsupportedCodec(why),
+            ) => {
                 let ext = path
                     .extension()
                     .map(|e| format!(".{}: ", e.to_string_lossy()))
@@ -153,8 +183,17 @@ impl AudioStream {
                 // which the demuxer refuses when it knows the length; read as a plain
                 // stream of unknown length instead, as players do.
                 let file = File::open(path).map_err(DecodeError::Open)?;
-                probe(Box::new(ReadOnlySource::new(file)))
-                    .map_err(|_| DecodeError::UnsupportedFormat(first.to_string()))?
+                probe(Box::new(ReadOnlySource::new(file))).map_err(|_| {
+                    // The probe's own refusal: no reader knows these bytes. Any other is
+                    // a reader that knew its container and refused what is inside.
+                    let unknown =
+                        matches!(&first, SymErr::Unsupported(m) if m.starts_with("core (probe)"));
+                    if unknown {
+                        DecodeError::Unrecognized(first.to_string())
+                    } else {
+                        DecodeError::UnsupportedFormat(first.to_string())
+                    }
+                })?
             }
         };
         let track = reader

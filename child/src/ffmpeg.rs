@@ -48,21 +48,82 @@ fn plain(line: &str) -> String {
     }
 }
 
-/// The first audio stream's rate and channel count, from ffprobe's compact output.
-pub fn parse_probe(text: &str) -> Option<(u32, usize)> {
+/// The first audio stream as ffprobe describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probed {
+    pub sample_rate: u32,
+    pub channels: usize,
+    /// ffmpeg's codec name (`wmav2`, `ac3`, `amr_nb`...).
+    pub codec: String,
+}
+
+/// The first audio stream's rate, channel count and codec, from ffprobe's output.
+pub fn parse_probe(text: &str) -> Option<Probed> {
     let mut rate = None;
     let mut channels = None;
-    for line in text.lines() {
-        if let Some(v) = line.trim().strip_prefix("sample_rate=") {
+    let mut codec = String::new();
+    let mut audio = true;
+    for line in text.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("sample_rate=") {
             rate = v.parse().ok();
-        } else if let Some(v) = line.trim().strip_prefix("channels=") {
+        } else if let Some(v) = line.strip_prefix("channels=") {
             channels = v.parse().ok();
+        } else if let Some(v) = line.strip_prefix("codec_name=") {
+            codec = v.to_string();
+        } else if let Some(v) = line.strip_prefix("codec_type=") {
+            audio = v == "audio";
         }
     }
     match (rate, channels) {
-        (Some(r), Some(c)) if r > 0 && c > 0 => Some((r, c)),
+        (Some(sample_rate), Some(channels)) if sample_rate > 0 && channels > 0 && audio => {
+            Some(Probed {
+                sample_rate,
+                channels,
+                codec,
+            })
+        }
         _ => None,
     }
+}
+
+/// Whether ffmpeg's codec `name` is one of the music codecs the README lists (what a
+/// library holds): never a speech codec (AMR, GSM, G.72x, Speex...) or anything else
+/// ffmpeg may find in bytes that are not music. What passes here the model may see.
+pub fn is_music_codec(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "mp1",
+        "mp2",
+        "mp3",
+        "mp3float",
+        "mp2float",
+        "mp1float",
+        "aac",
+        "aac_latm",
+        "alac",
+        "vorbis",
+        "opus",
+        "flac",
+        "wmav1",
+        "wmav2",
+        "wmapro",
+        "wmalossless",
+        "ac3",
+        "eac3",
+        "wavpack",
+        "ape",
+        "musepack7",
+        "musepack8",
+        "tta",
+        "tak",
+        "dts",
+        "truehd",
+        "mlp",
+        "atrac3",
+        "atrac3p",
+        "atrac9",
+        "cook",
+    ];
+    EXACT.contains(&name) || name.starts_with("pcm_") || name.starts_with("dsd_")
 }
 
 /// An ffmpeg process decoding one file.
@@ -83,17 +144,29 @@ impl FfmpegStream {
         let cannot = |detail: String| DecodeError::Unreadable(format!("{why}; ffmpeg: {detail}"));
         let probe = Command::new(ffprobe_beside(ffmpeg))
             .args(["-v", "error", "-select_streams", "a:0"])
-            .args(["-show_entries", "stream=sample_rate,channels"])
+            .args([
+                "-show_entries",
+                "stream=sample_rate,channels,codec_name,codec_type",
+            ])
             .args(["-of", "default=noprint_wrappers=1"])
             .arg(input_arg(path))
             .stdin(Stdio::null())
             .output()
             .map_err(|e| cannot(format!("ffprobe: {e}")))?;
         let text = String::from_utf8_lossy(&probe.stdout);
-        let (sample_rate, channels) = parse_probe(&text).ok_or_else(|| {
+        let Probed {
+            sample_rate,
+            channels,
+            codec,
+        } = parse_probe(&text).ok_or_else(|| {
             let err = String::from_utf8_lossy(&probe.stderr);
             cannot(plain(err.lines().last().unwrap_or("no audio stream")))
         })?;
+        if !is_music_codec(&codec) {
+            return Err(cannot(format!(
+                "its audio is {codec:?}, not a music codec (speech codecs and streams found in non-audio bytes are refused)"
+            )));
+        }
         let mut child = Command::new(ffmpeg)
             .args(["-nostdin", "-hide_banner", "-v", "error"])
             // Keep the decoder's priming samples, as Essentia's loader does (as for AAC):
@@ -188,17 +261,72 @@ mod tests {
     }
 
     #[test]
-    fn ffprobe_output_gives_rate_and_channels() {
+    fn ffprobe_output_gives_rate_channels_and_codec() {
+        let p = |rate, channels, codec: &str| Probed {
+            sample_rate: rate,
+            channels,
+            codec: codec.into(),
+        };
         assert_eq!(
-            parse_probe("sample_rate=44100\nchannels=2\n"),
-            Some((44_100, 2))
+            parse_probe("codec_name=wmav2\ncodec_type=audio\nsample_rate=44100\nchannels=2\n"),
+            Some(p(44_100, 2, "wmav2"))
         );
         assert_eq!(
-            parse_probe("channels=6\r\nsample_rate=48000\r\n"),
-            Some((48_000, 6))
+            parse_probe("channels=6\r\nsample_rate=48000\r\ncodec_name=ac3\r\n"),
+            Some(p(48_000, 6, "ac3"))
         );
         assert_eq!(parse_probe("sample_rate=0\nchannels=2\n"), None);
+        assert_eq!(
+            parse_probe("codec_type=video\nsample_rate=1\nchannels=1\n"),
+            None
+        );
         assert_eq!(parse_probe(""), None);
+    }
+
+    #[test]
+    fn only_music_codecs_reach_the_model() {
+        for yes in [
+            "mp3",
+            "aac",
+            "vorbis",
+            "opus",
+            "flac",
+            "wmav2",
+            "wmapro",
+            "ac3",
+            "eac3",
+            "wavpack",
+            "ape",
+            "musepack8",
+            "tta",
+            "pcm_s16le",
+            "pcm_f32be",
+            "alac",
+            "dsd_lsbf",
+        ] {
+            assert!(is_music_codec(yes), "{yes}");
+        }
+        for no in [
+            "amr_nb",
+            "amr_wb",
+            "gsm",
+            "gsm_ms",
+            "g723_1",
+            "g729",
+            "adpcm_g722",
+            "speex",
+            "qcelp",
+            "evrc",
+            "ilbc",
+            "sipr",
+            "ra_144",
+            "mjpeg",
+            "png",
+            "h264",
+            "",
+        ] {
+            assert!(!is_music_codec(no), "{no}");
+        }
     }
 
     #[cfg(unix)]

@@ -312,6 +312,8 @@ pub struct Spawned {
     pub child: std::process::Child,
     out: Option<std::thread::JoinHandle<Vec<u8>>>,
     err: Option<std::thread::JoinHandle<Vec<u8>>>,
+    /// stderr as it arrives, for tests that wait for a log line.
+    err_so_far: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 impl Spawned {
@@ -324,16 +326,42 @@ impl Spawned {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn chaarfm-super");
-        let drain = |mut r: Box<dyn Read + Send>| {
+        let err_so_far = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let drain = |mut r: Box<dyn Read + Send>,
+                     live: Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>| {
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
-                let _ = r.read_to_end(&mut buf);
+                let mut chunk = [0u8; 8192];
+                loop {
+                    match r.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            buf.extend_from_slice(&chunk[..n]);
+                            if let Some(l) = &live {
+                                l.lock().unwrap().extend_from_slice(&chunk[..n]);
+                            }
+                        }
+                    }
+                }
                 buf
             })
         };
-        let out = child.stdout.take().map(|s| drain(Box::new(s)));
-        let err = child.stderr.take().map(|s| drain(Box::new(s)));
-        Spawned { child, out, err }
+        let out = child.stdout.take().map(|s| drain(Box::new(s), None));
+        let err = child
+            .stderr
+            .take()
+            .map(|s| drain(Box::new(s), Some(std::sync::Arc::clone(&err_so_far))));
+        Spawned {
+            child,
+            out,
+            err,
+            err_so_far,
+        }
+    }
+
+    /// Whether stderr so far holds `text` (poll it with [`wait_until`]).
+    pub fn stderr_contains(&self, text: &str) -> bool {
+        String::from_utf8_lossy(&self.err_so_far.lock().unwrap()).contains(text)
     }
 
     pub fn id(&self) -> u32 {

@@ -217,6 +217,9 @@ pub fn run(clips: &Clips, protocol2: Option<usize>, workers: &str, timeout: Dura
     cfg.drop_after = Some(Duration::from_secs(5));
     cfg.protocol2 = protocol2;
     let mut mock = Mock::start(cfg);
+    // Connections drop every 5 s and the supervisor is killed once: the page is open, as
+    // when a person runs a session, so the coordinator keeps the queue through it.
+    mock.hold_ui(true);
     // Audio comes from another host, never restarted (YouTube, for ChaarFM).
     let audio = Mock::start(MockConfig::new(clips.dir.path().to_path_buf()));
     let mut names: Vec<&String> = clips.calm.keys().collect();

@@ -127,6 +127,8 @@ fn broken_files_give_clear_errors() {
     assert!(
         e.contains("not a supported audio file")
             || e.contains("no decodable audio")
+            // Named .mp3, unknown to every reader: corrupt, not handed to ffmpeg.
+            || e.starts_with("not a valid MP3 file")
             // ffmpeg installed (the tests' set-up): the fallback refused it too.
             || e.contains("that symphonia or ffmpeg can read"),
         "{e}"
@@ -212,4 +214,46 @@ fn truncated_files_use_what_decodes() {
             }
         }
     }
+}
+
+/// Only audio reaches the model: a web page saved as `.mp3` is refused as corrupt (not
+/// handed to ffmpeg, which decoded one as minutes of speech), and what ffmpeg does
+/// decode must be a music codec, so GSM speech in a WAV is refused too.
+#[cfg(unix)]
+#[test]
+fn a_web_page_or_speech_never_becomes_a_vector() {
+    let dir = TempDir::new("not-music");
+    let mut m = model();
+    let page: String = (0..200)
+        .map(|i| format!("<p>Sorry, page {i} was not found. <a href=\"/\">Home</a></p>\n"))
+        .collect();
+    let html =
+        format!("<!DOCTYPE html><html><head><title>404</title></head><body>{page}</body></html>");
+    let mp3 = dir.join("page.mp3");
+    std::fs::write(&mp3, &html).unwrap();
+    let e = err(&mut m, &mp3);
+    assert!(e.starts_with("not a valid MP3 file ("), "{e}");
+    let bin = dir.join("page.bin");
+    std::fs::write(&bin, &html).unwrap();
+    err(&mut m, &bin);
+    // GSM 06.10 in a WAV: symphonia reads the container, not the codec; ffmpeg decodes
+    // it, and it is refused by its codec. (scripts/setup.sh installs ffmpeg.)
+    let speech = dir.join("speech.wav");
+    let st = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=20",
+        ])
+        .args(["-ar", "8000", "-ac", "1", "-c:a", "libgsm_ms"])
+        .arg(&speech)
+        .status()
+        .expect("ffmpeg runs (scripts/setup.sh installs it)");
+    assert!(st.success(), "ffmpeg could not encode GSM");
+    let e = err(&mut m, &speech);
+    assert!(e.contains("\"gsm_ms\", not a music codec"), "{e}");
 }

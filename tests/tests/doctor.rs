@@ -47,6 +47,9 @@ fn find<'a>(checks: &'a [(String, String, String)], name: &str) -> (&'a str, &'a
 #[test]
 fn doctor_passes_here_and_checks_the_code_without_taking_a_job() {
     let mock = Mock::start(MockConfig::new(corpus_dir()));
+    // The page that made the job is open (the coordinator keeps a session only while a
+    // page or a worker holds it).
+    mock.hold_ui(true);
     mock.add_audio_job("caves.flac");
     let state = TempDir::new("doctor-ok");
     let url = mock.base_url();
@@ -63,6 +66,7 @@ fn doctor_passes_here_and_checks_the_code_without_taking_a_job() {
         "cuda",
         "yt-dlp",
         "state-dir",
+        "outbox",
         "server",
         "pairing",
     ] {
@@ -154,8 +158,11 @@ fn doctor_fails_for_each_thing_a_user_can_get_wrong() {
     assert_eq!(status, "fail");
     assert!(detail.contains("cannot reach"), "{detail}");
 
-    // A code the server refuses.
-    let mock = Mock::start(MockConfig::new(corpus_dir()));
+    // A code the server refuses (ChaarFM's coordinator takes any code; a server that
+    // checks them answers 403).
+    let mut cfg = MockConfig::new(corpus_dir());
+    cfg.refuse_other_codes = true;
+    let mock = Mock::start(cfg);
     let url = mock.base_url();
     let (code, checks) = doctor(
         &["--url", &url, "--code", "WRONG9", "--state-dir", &state_s],

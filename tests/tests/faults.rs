@@ -80,18 +80,32 @@ fn disk_full(protocol2: Option<usize>) {
     // Room for the lock, sockets and small results, not for a 1-3 MB download.
     let disk = Tmpfs::mount(&root.join("state"), "256k");
     let sup = Spawned::spawn(super_cmd(&mock, &root.join("state"), &["--workers", "2"]));
-    let handed_back = |m: &Mock| match protocol2 {
-        Some(_) => !m.released().is_empty(),
-        None => m.requeued() >= 1,
-    };
     assert!(
-        wait_until(Duration::from_secs(60), || handed_back(&mock)),
-        "no job was handed back while the disk was full"
+        wait_until(Duration::from_secs(60), || sup.stderr_contains("pausing")),
+        "no pause while the disk was full"
     );
+    match protocol2 {
+        Some(_) => assert!(
+            wait_until(Duration::from_secs(30), || !mock.released().is_empty()),
+            "no job was released while the disk was full"
+        ),
+        // Today's server: the session's last connection stays open through the pause
+        // (closing it would delete the queue); its job waits in the worker.
+        None => assert!(
+            wait_until(Duration::from_secs(30), || mock.workers("TEST42") == 1),
+            "{} connections open while paused",
+            mock.workers("TEST42")
+        ),
+    }
     assert!(
         mock.failed().is_empty(),
         "failed results for a full disk: {:?}",
         mock.failed()
+    );
+    assert_eq!(
+        mock.sessions_deleted(),
+        0,
+        "the pause closed the session's last connection"
     );
     // The disk frees: the worker resumes by itself and does every job.
     disk.resize("64m");
@@ -104,7 +118,7 @@ fn disk_full(protocol2: Option<usize>) {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(mock.failed().is_empty(), "{:?}", mock.failed());
     assert_eq!(mock.stored().len(), ids.len(), "stored once each");
-    assert!(stderr.contains("pausing"), "no pause logged:\n{stderr}");
+    assert_eq!(mock.jobs_lost(), 0, "the server's queue was deleted");
     assert!(
         stderr.contains("taking jobs"),
         "no resume logged:\n{stderr}"
@@ -130,6 +144,9 @@ fn a_pool_that_stops_hands_its_jobs_back_and_exits_non_zero() {
     let audio = TempDir::new("poolstop-audio");
     let clips = make_clips(audio.path(), 3);
     let mock = Mock::start(MockConfig::new(audio.path().to_path_buf()));
+    // A pool that stops must close every connection: only the open /ingest page keeps
+    // the coordinator's queue, and the log says so.
+    mock.hold_ui(true);
     for c in &clips {
         mock.add_audio_job(&c.file_name().unwrap().to_string_lossy());
     }
@@ -150,6 +167,12 @@ fn a_pool_that_stops_hands_its_jobs_back_and_exits_non_zero() {
         "a service manager must see a failure:\n{stderr}"
     );
     assert!(stderr.contains("injected fatal fault"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "keeps its queue (and the jobs handed back) only while its /ingest page is open"
+        ),
+        "{stderr}"
+    );
     assert!(
         mock.received().is_empty(),
         "results were sent for a local fault: {:?}",
