@@ -450,7 +450,7 @@ pub async fn run(
     ));
     let lost = ctx.outbox.rescue(&fallback);
     crate::logging::print(&format!(
-        "chaarfm-super: stopped: {}. {held} result(s) kept in the outbox (sent again at the next start; with today's server the last result of each connection stays until then, as the server gives no receipt)\n",
+        "chaarfm-super: stopped: {}. {held} result(s) kept in the outbox (sent again at the next start with this --url and --code)\n",
         status::line(&last),
     ));
     ctx.pool.shutdown().await;
