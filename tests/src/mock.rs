@@ -689,49 +689,34 @@ async fn handle(mut sock: TcpStream, st: Arc<Mutex<State>>, cfg: Arc<MockConfig>
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-    } else if path == "/page.mp3" {
+    } else if path == "/page.mp3" || path == "/page.html" {
+        let ctype = if path.ends_with(".mp3") {
+            "Content-Type: audio/mpeg\r\n"
+        } else {
+            "Content-Type: text/html; charset=utf-8\r\n"
+        };
         let body = PAGE.repeat(5000);
         let _ = sock
-            .write_all(&reply(
-                "200 OK",
-                "Content-Type: audio/mpeg\r\n",
-                body.as_bytes(),
-            ))
+            .write_all(&reply("200 OK", ctype, body.as_bytes()))
             .await;
-    } else if path == "/page.html" {
-        let body = PAGE.repeat(5000);
-        let _ = sock
-            .write_all(&reply(
-                "200 OK",
-                "Content-Type: text/html; charset=utf-8\r\n",
-                body.as_bytes(),
-            ))
-            .await;
-    } else if let Some(name) = path.strip_prefix("/cut/") {
-        let first = {
+    } else if let Some((cut, name)) = path
+        .strip_prefix("/cut/")
+        .map(|n| (true, n))
+        .or_else(|| path.strip_prefix("/audio/").map(|n| (false, n)))
+    {
+        let cut_now = cut && {
             let mut s = st.lock().unwrap();
             let n = s.cut_requests.entry(name.to_string()).or_default();
             *n += 1;
             *n == 1
         };
         match audio_file(name).map(std::fs::read) {
-            Some(Ok(bytes)) if first => {
+            Some(Ok(bytes)) if cut_now => {
                 // Announce it all, send a third, and close: a cut connection.
                 let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", bytes.len());
                 let _ = sock.write_all(head.as_bytes()).await;
                 let _ = sock.write_all(&bytes[..bytes.len() / 3]).await;
             }
-            Some(Ok(bytes)) => {
-                let _ = sock.write_all(&reply("200 OK", "", &bytes)).await;
-            }
-            _ => {
-                let _ = sock
-                    .write_all(&reply("404 Not Found", "", b"not found"))
-                    .await;
-            }
-        }
-    } else if let Some(name) = path.strip_prefix("/audio/") {
-        match audio_file(name).map(std::fs::read) {
             Some(Ok(bytes)) => {
                 let _ = sock.write_all(&reply("200 OK", "", &bytes)).await;
             }

@@ -245,12 +245,8 @@ fn bad_urls_fail_clearly_while_other_jobs_go_on() {
     assert!(left.is_empty(), "download directory not cleaned: {left:?}");
 }
 
-#[test]
-fn the_private_address_guard_refuses_jobs_pointing_at_this_network() {
-    let mock = Mock::start(MockConfig::new(corpus_dir()));
-    let direct = mock.add_audio_job("palace.wav");
-    let metadata = mock.add_job(serde_json::json!({"artist": "A", "title": "T", "table_name": "t", "youtube_url": "http://169.254.169.254/latest/meta-data"}));
-    let state = TempDir::new("guard");
+/// Connect mode against `mock` with the private-address guard on (one child).
+fn guarded(mock: &Mock, state: &Path) -> Command {
     let mut cmd = Command::new(binary());
     cmd.args([
         "--url",
@@ -261,9 +257,18 @@ fn the_private_address_guard_refuses_jobs_pointing_at_this_network() {
         "1",
     ])
     .arg("--state-dir")
-    .arg(state.path())
+    .arg(state)
     .env_remove("CHAARFM_ALLOW_PRIVATE_URLS");
-    let sup = Spawned::spawn(cmd);
+    cmd
+}
+
+#[test]
+fn the_private_address_guard_refuses_jobs_pointing_at_this_network() {
+    let mock = Mock::start(MockConfig::new(corpus_dir()));
+    let direct = mock.add_audio_job("palace.wav");
+    let metadata = mock.add_job(serde_json::json!({"artist": "A", "title": "T", "table_name": "t", "youtube_url": "http://169.254.169.254/latest/meta-data"}));
+    let state = TempDir::new("guard");
+    let sup = Spawned::spawn(guarded(&mock, state.path()));
     let got = mock.wait_results(2, Duration::from_secs(60));
     let (code, stderr) = stop(sup);
     assert!(got, "stderr:\n{stderr}");
@@ -359,19 +364,8 @@ fn no_job_makes_a_request_into_this_network_by_name_or_literal() {
     .collect();
     assert!(ids.len() >= 4, "{ids:?}");
     let state = TempDir::new("guard-names");
-    let mut cmd = Command::new(binary());
-    cmd.args([
-        "--url",
-        &mock.base_url(),
-        "--code",
-        "TEST42",
-        "--workers",
-        "1",
-    ])
-    .arg("--state-dir")
-    .arg(state.path())
-    .env("CHAARFM_YTDLP", &ytdlp)
-    .env_remove("CHAARFM_ALLOW_PRIVATE_URLS");
+    let mut cmd = guarded(&mock, state.path());
+    cmd.env("CHAARFM_YTDLP", &ytdlp);
     let sup = Spawned::spawn(cmd);
     let got = mock.wait_results(ids.len(), Duration::from_secs(60));
     let (code, stderr) = stop(sup);

@@ -830,6 +830,14 @@ mod tests {
     #[test]
     fn a_cut_body_is_retried_and_a_4xx_is_not() {
         let dir = test_dir("retry");
+        let get = |port: u16, stem: &str| {
+            http_download(
+                &format!("http://127.0.0.1:{port}/a.mp3"),
+                &dir,
+                stem,
+                &limits(),
+            )
+        };
         let (port, count) = serve_with("127.0.0.1", |n, conn| {
             if n == 0 {
                 // Announces 10 bytes, sends 3, and closes: a cut connection.
@@ -840,13 +848,7 @@ mod tests {
                 );
             }
         });
-        let got = http_download(
-            &format!("http://127.0.0.1:{port}/a.mp3"),
-            &dir,
-            "j-a",
-            &limits(),
-        )
-        .unwrap();
+        let got = get(port, "j-a").unwrap();
         assert_eq!(std::fs::read(got).unwrap(), b"abcdefghij");
         assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
         let (port, count) = serve_with("127.0.0.1", |_, conn| {
@@ -854,13 +856,7 @@ mod tests {
                 b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             );
         });
-        let e = http_download(
-            &format!("http://127.0.0.1:{port}/a.mp3"),
-            &dir,
-            "j-b",
-            &limits(),
-        )
-        .unwrap_err();
+        let e = get(port, "j-b").unwrap_err();
         assert_eq!(e.to_string(), "download failed: HTTP 404");
         assert_eq!(
             count.load(std::sync::atomic::Ordering::SeqCst),
@@ -871,13 +867,7 @@ mod tests {
         let (port, count) = serve_with("127.0.0.1", |_, conn| {
             let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
         });
-        let e = http_download(
-            &format!("http://127.0.0.1:{port}/a.mp3"),
-            &dir,
-            "j-c",
-            &limits(),
-        )
-        .unwrap_err();
+        let e = get(port, "j-c").unwrap_err();
         assert!(e.is_transient(), "{e}");
         assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
         std::fs::remove_dir_all(&dir).unwrap();
