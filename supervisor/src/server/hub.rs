@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::outbox::{Entry, Outbox};
 use super::work::{End, LocalFault, LocalKind};
-use super::{pause, Intake, LaneCmd};
+use super::{pause, pause_youtube, Intake, LaneCmd};
 
 /// A job that failed locally this many times on the session's last connection is handed
 /// back all the same (closing that connection), so a job that always fails locally
@@ -105,6 +105,7 @@ impl Hub {
             in_progress: HashMap::new(),
             held: Vec::new(),
             local_retries: HashMap::new(),
+            probe: None,
             draining: false,
             summary: Summary::default(),
         };
@@ -186,6 +187,9 @@ struct State {
     held: Vec<(usize, ServerJob)>,
     /// Local faults per job id on the session's last connection.
     local_retries: HashMap<String, u32>,
+    /// The key of the job run while `Intake::Probe`: its end decides whether YouTube
+    /// takes this machine again.
+    probe: Option<String>,
     draining: bool,
     summary: Summary,
 }
@@ -207,9 +211,11 @@ impl State {
                     None => return,
                 },
                 Ok(()) = intake.changed() => {
-                    let open = *intake.borrow_and_update() == Intake::Open;
-                    if open {
-                        self.start_held();
+                    let now = intake.borrow_and_update().clone();
+                    match now {
+                        Intake::Open => self.start_held(),
+                        Intake::Probe => self.start_probe(),
+                        _ => {}
                     }
                 }
             }
@@ -231,6 +237,23 @@ impl State {
             .iter()
             .enumerate()
             .any(|(i, l)| i != lane && l.connected)
+    }
+
+    /// The YouTube back-off ended: one held job runs to see whether YouTube takes this
+    /// machine again; with none held, intake simply reopens.
+    fn start_probe(&mut self) {
+        if self.draining || self.probe.is_some() {
+            return;
+        }
+        if self.held.is_empty() {
+            tracing::info!("no job held to try YouTube with: taking jobs again");
+            let _ = self.intake.send(Intake::Open);
+            return;
+        }
+        let (lane, job) = self.held.remove(0);
+        tracing::info!(job = %job.job_id, "trying one job to see whether YouTube takes this machine again");
+        self.probe = Some(job.key());
+        self.start(lane, job);
     }
 
     /// Starts the jobs held for intake, oldest first.
@@ -308,7 +331,11 @@ impl State {
                 if let Some(l) = self.lanes.get_mut(lane) {
                     l.busy += 1;
                 }
-                if self.paused() && !self.draining {
+                let probe_free = *self.intake.borrow() == Intake::Probe && self.probe.is_none();
+                if probe_free && !self.draining {
+                    self.probe = Some(job.key());
+                    self.start(lane, job);
+                } else if self.paused() && !self.draining {
                     // Today's server, on the session's last connection: held, not
                     // handed back, and worked when intake reopens.
                     tracing::info!(job = %job.job_id, "intake paused: job held until it reopens");
@@ -323,6 +350,18 @@ impl State {
             }
             Event::Settled(key, end) => {
                 let waiters = self.in_progress.remove(&key).unwrap_or_default();
+                if self.probe.as_deref() == Some(key.as_str()) {
+                    self.probe = None;
+                    match &end {
+                        Err(f) if f.kind == LocalKind::YouTube => {} // hand_back pauses again
+                        _ => {
+                            tracing::info!(
+                                "resumed: YouTube takes this machine again; taking jobs"
+                            );
+                            let _ = self.intake.send(Intake::Open);
+                        }
+                    }
+                }
                 match end {
                     Ok(outcome) => {
                         for (_, job) in &waiters {
@@ -431,8 +470,10 @@ impl State {
     /// intake is open (closing that connection would delete the server's queue).
     fn hand_back(&mut self, lane: usize, job: ServerJob, fault: &LocalFault) {
         let lane = owner(lane, self.lanes.len());
-        if fault.kind == LocalKind::Disk {
-            pause(&self.intake, fault.message.clone());
+        match fault.kind {
+            LocalKind::Disk => pause(&self.intake, fault.message.clone()),
+            LocalKind::YouTube => pause_youtube(&self.intake, fault.message.clone()),
+            LocalKind::Pool => {}
         }
         let job_id = job.job_id.clone();
         let tries = {
@@ -442,8 +483,8 @@ impl State {
         };
         let keep = !self.protocol2()
             && !self.draining
-            && fault.kind == LocalKind::Disk
-            && tries <= MAX_LOCAL_RETRIES
+            && fault.kind != LocalKind::Pool
+            && (tries <= MAX_LOCAL_RETRIES || fault.kind == LocalKind::YouTube)
             && !self.others_connected(lane);
         if keep {
             tracing::warn!(job = %job_id, reason = %fault.message, "job kept for later (a fault of this machine, not the track's): its connection is the session's last, and closing it would delete the server's queue");
@@ -851,5 +892,45 @@ mod tests {
         };
         assert_eq!(job_id, "j3");
         assert_eq!(f.started(), 2, "j3 never ran");
+    }
+
+    #[tokio::test]
+    async fn youtube_refusing_holds_the_job_then_one_probe_reopens_intake() {
+        let f = fixture("probe");
+        let mut lane = f.hub.add_lane().await.unwrap();
+        f.hub.connected(lane.id).await;
+        f.hub.job(lane.id, job("j1", "https://youtu.be/a")).await;
+        let bot = || {
+            Err(LocalFault {
+                kind: LocalKind::YouTube,
+                message: "Sign in to confirm you're not a bot".into(),
+            })
+        };
+        f.finish(0, bot());
+        let mut intake = f.intake.subscribe();
+        intake
+            .wait_for(|i| matches!(i, Intake::YouTube(_)))
+            .await
+            .unwrap();
+        f.hub.summary().await;
+        assert!(lane.cmds.try_recv().is_err(), "not failed, not handed back");
+        // The back-off ends: one probe; YouTube still refuses: paused again, job kept.
+        let _ = f.intake.send(Intake::Probe);
+        assert!(crate::server::tests::eventually(|| f.started() == 1).await);
+        f.finish(0, bot());
+        intake
+            .wait_for(|i| matches!(i, Intake::YouTube(_)))
+            .await
+            .unwrap();
+        // Next probe: YouTube answers; intake reopens and the result goes out.
+        let _ = f.intake.send(Intake::Probe);
+        assert!(crate::server::tests::eventually(|| f.started() == 1).await);
+        f.finish(0, ok());
+        intake.wait_for(|i| *i == Intake::Open).await.unwrap();
+        let Some(LaneCmd::Result(e)) = lane.cmds.recv().await else {
+            panic!("no result")
+        };
+        assert_eq!(e.job_id, "j1");
+        assert_eq!(f.hub.summary().await.handed_back, 0);
     }
 }

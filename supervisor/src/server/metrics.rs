@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -91,6 +91,17 @@ pub fn render(s: &Snapshot) -> String {
     ] {
         reg.register(name, help, ConstGauge::new(v));
     }
+    let paused = Family::<Labels, Gauge>::default();
+    for reason in ["disk", "youtube"] {
+        paused
+            .get_or_create(&label("reason", reason))
+            .set(i64::from(s.paused == Some(reason)));
+    }
+    reg.register(
+        "paused",
+        "1 while intake is paused, by reason (disk: the state dir; youtube: YouTube refuses this machine)",
+        paused,
+    );
     reg.register(
         "last_error_timestamp_seconds",
         "Unix time of the last child death, job failure or lost connection (0: none)",
@@ -223,6 +234,8 @@ mod tests {
             "chaarfm_queue_depth 7",
             "chaarfm_outbox_results 1",
             "chaarfm_connected 1",
+            "chaarfm_paused{reason=\"disk\"} 0",
+            "chaarfm_paused{reason=\"youtube\"} 0",
             "chaarfm_last_error_timestamp_seconds 1790000000",
             "# TYPE chaarfm_jobs counter",
             "# EOF",

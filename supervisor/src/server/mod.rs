@@ -28,6 +28,7 @@ pub mod names;
 pub mod outbox;
 pub mod status;
 pub mod work;
+pub mod youtube;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -148,8 +149,33 @@ impl Backoff {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Intake {
     Open,
-    /// A fault of this machine: jobs are handed back until a probe succeeds.
+    /// The state dir cannot be written: jobs are handed back until a probe succeeds.
     Paused(String),
+    /// YouTube refuses this machine: backing off (`server::recover_youtube`).
+    YouTube(String),
+    /// The back-off ended: one job runs to see whether YouTube takes this machine again
+    /// (today's server; protocol 2 simply reopens).
+    Probe,
+}
+
+impl Intake {
+    /// The reason a paused intake gives (protocol 2's `pause`).
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Intake::Open => None,
+            Intake::Paused(r) | Intake::YouTube(r) => Some(r),
+            Intake::Probe => Some("trying one job to see whether YouTube works again"),
+        }
+    }
+
+    /// The `reason` label of `chaarfm_paused`, when paused.
+    pub fn label(&self) -> Option<&'static str> {
+        match self {
+            Intake::Open => None,
+            Intake::Paused(_) => Some("disk"),
+            Intake::YouTube(_) | Intake::Probe => Some("youtube"),
+        }
+    }
 }
 
 /// What the work tasks tell a lane.
@@ -169,6 +195,8 @@ pub struct Ctx {
     pub limits: download::Limits,
     pub ytdlp: Option<download::YtDlp>,
     pub tmp: PathBuf,
+    /// Unknown yt-dlp errors in a row (`youtube::Breaker`).
+    pub breaker: std::sync::Mutex<youtube::Breaker>,
     url: String,
     masked_url: String,
     /// The pairing code as logs and errors may show it.
@@ -208,6 +236,76 @@ pub fn pause(intake: &watch::Sender<Intake>, reason: String) {
     });
 }
 
+/// Stops intake because YouTube refuses this machine (or resumes the back-off after a
+/// failed probe); logged once per pause. A disk pause stays as it is.
+pub fn pause_youtube(intake: &watch::Sender<Intake>, reason: String) {
+    intake.send_if_modified(|i| match i {
+        Intake::Open | Intake::Probe => {
+            if *i == Intake::Open {
+                tracing::error!(%reason, "pausing: YouTube refuses this machine; no new jobs for a while (jobs are handed back to the server, not failed)");
+            }
+            *i = Intake::YouTube(reason);
+            true
+        }
+        _ => false,
+    });
+}
+
+/// The first wait of a YouTube pause (`CHAARFM_YOUTUBE_BACKOFF_S`, default 5 min); it
+/// doubles after each failed probe, up to [`YOUTUBE_BACKOFF_MAX`].
+fn youtube_backoff() -> Duration {
+    std::env::var("CHAARFM_YOUTUBE_BACKOFF_S")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .map_or(Duration::from_secs(300), Duration::from_secs_f64)
+}
+
+const YOUTUBE_BACKOFF_MAX: Duration = Duration::from_secs(3600);
+
+/// While YouTube refuses this machine: wait, then let one job through (`Intake::Probe`;
+/// the hub runs it and reopens intake if YouTube answered), doubling the wait after each
+/// failed probe (5 min to 1 h).
+async fn recover_youtube(ctx: Arc<Ctx>) {
+    let first = youtube_backoff();
+    let mut wait = first;
+    let mut intake = ctx.intake.subscribe();
+    loop {
+        if intake
+            .wait_for(|i| matches!(i, Intake::YouTube(_)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tracing::warn!(
+            "YouTube paused: trying again in {} s (then one job first)",
+            wait.as_secs()
+        );
+        tokio::time::sleep(wait).await;
+        let next = if ctx.protocol2() {
+            Intake::Open
+        } else {
+            Intake::Probe
+        };
+        ctx.intake.send_if_modified(|i| {
+            let yes = matches!(i, Intake::YouTube(_));
+            if yes {
+                *i = next.clone();
+            }
+            yes
+        });
+        let Ok(after) = intake.wait_for(|i| *i != Intake::Probe).await else {
+            return;
+        };
+        if matches!(*after, Intake::YouTube(_)) {
+            wait = (wait * 2).min(YOUTUBE_BACKOFF_MAX);
+        } else {
+            wait = first;
+        }
+    }
+}
+
 /// Writes and removes a probe file in `dir`: whether downloads can be stored again.
 pub(crate) fn probe_disk(dir: &std::path::Path) -> std::io::Result<()> {
     use std::io::Write;
@@ -227,7 +325,11 @@ pub(crate) fn probe_disk(dir: &std::path::Path) -> std::io::Result<()> {
 async fn recover(ctx: Arc<Ctx>) {
     let mut intake = ctx.intake.subscribe();
     loop {
-        if intake.wait_for(|i| *i != Intake::Open).await.is_err() {
+        if intake
+            .wait_for(|i| matches!(i, Intake::Paused(_)))
+            .await
+            .is_err()
+        {
             return;
         }
         let mut backoff = Backoff::default();
@@ -310,6 +412,7 @@ pub async fn run(
         },
         ytdlp,
         tmp: private_tmp(&opts.state_dir).context("creating the download directory")?,
+        breaker: Default::default(),
         url,
         masked_url,
         masked_code: mask(&opts.code),
@@ -353,6 +456,7 @@ pub async fn run(
         children,
     ));
     let rec = tokio::spawn(recover(Arc::clone(&ctx)));
+    let rec_youtube = tokio::spawn(recover_youtube(Arc::clone(&ctx)));
     let metrics_task = metrics_listener.map(|l| {
         if let Ok(a) = l.local_addr() {
             tracing::info!("metrics on http://{a}/metrics and /healthz");
@@ -430,6 +534,7 @@ pub async fn run(
     while lanes.join_next().await.is_some() {}
     keep.abort();
     rec.abort();
+    rec_youtube.abort();
     status_task.abort();
     if let Some(t) = &metrics_task {
         t.abort();
@@ -671,11 +776,11 @@ async fn serve_connection(
                 return Ended::Drained;
             }
             if paused != announced_pause {
-                let msg = match &*ctx.intake.borrow() {
-                    Intake::Paused(reason) => WorkerMsg::Pause {
-                        reason: reason.clone(),
+                let msg = match ctx.intake.borrow().reason() {
+                    Some(reason) => WorkerMsg::Pause {
+                        reason: reason.to_string(),
                     },
-                    Intake::Open => WorkerMsg::Resume,
+                    None => WorkerMsg::Resume,
                 };
                 if let Err(e) = send_json(&mut sink, &msg).await {
                     return Ended::Lost(e);

@@ -22,6 +22,8 @@ pub struct Snapshot {
     pub children: usize,
     pub restarts: usize,
     pub connected: bool,
+    /// Why intake is paused (`disk`, `youtube`), if it is.
+    pub paused: Option<&'static str>,
     pub outbox: usize,
     /// Restarts by cause (`pool::policy::Cause::label`).
     pub restarts_by: Vec<(&'static str, u64)>,
@@ -39,7 +41,7 @@ pub fn line(s: &Snapshot) -> String {
         0.0
     };
     format!(
-        "{} done ({} failed), {} handed back; {:.0} s of audio, {:.1}x realtime; {}/{} children alive, {} restart(s); {}; outbox {}",
+        "{} done ({} failed), {} handed back; {:.0} s of audio, {:.1}x realtime; {}/{} children alive, {} restart(s); {}{}; outbox {}",
         s.summary.jobs_done,
         s.summary.failed,
         s.summary.handed_back,
@@ -49,6 +51,7 @@ pub fn line(s: &Snapshot) -> String {
         s.children,
         s.restarts,
         if s.connected { "connected" } else { "not connected" },
+        s.paused.map(|p| format!(", paused ({p})")).unwrap_or_default(),
         s.outbox
     )
 }
@@ -64,6 +67,7 @@ pub async fn snapshot(ctx: &Ctx, hub: &Hub, started: Instant, children: usize) -
         children,
         restarts: stats.restarts.load(Ordering::Relaxed),
         connected: *ctx.connected.borrow(),
+        paused: ctx.intake.borrow().label(),
         outbox: ctx.outbox.len(),
         restarts_by: stats
             .restarts_by
@@ -101,6 +105,7 @@ pub fn example() -> Snapshot {
         children: 2,
         restarts: 5,
         connected: true,
+        paused: None,
         outbox: 1,
         restarts_by: vec![("crash", 4), ("timeout", 1)],
         queued: 7,
@@ -125,5 +130,14 @@ mod tests {
             ..s.clone()
         };
         assert!(line(&idle).contains("0.0x realtime") && line(&idle).contains("not connected"));
+        let paused = Snapshot {
+            paused: Some("youtube"),
+            ..s.clone()
+        };
+        assert!(
+            line(&paused).contains("; connected, paused (youtube); outbox 1"),
+            "{}",
+            line(&paused)
+        );
     }
 }

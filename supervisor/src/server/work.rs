@@ -31,6 +31,8 @@ pub enum LocalKind {
     Disk,
     /// The pool stopped or is shutting down: the worker stops.
     Pool,
+    /// YouTube refuses this machine (`server::youtube`): intake pauses with back-off.
+    YouTube,
 }
 
 impl Fail {
@@ -92,6 +94,50 @@ fn classify(e: DownloadError) -> Fail {
     }
 }
 
+/// A yt-dlp download's end, blamed by `server::youtube`: the track's (failed), or this
+/// machine's (handed back, intake paused); unknown texts count as the track's until the
+/// breaker trips. `video` names the video (its URL, or the search).
+fn blame_ytdlp(
+    ctx: &Ctx,
+    video: &str,
+    got: Result<Downloaded, DownloadError>,
+) -> Result<Downloaded, Fail> {
+    use super::youtube::{classify as verdict, Cause, Verdict};
+    let mut breaker = ctx.breaker.lock().unwrap_or_else(|p| p.into_inner());
+    let e = match got {
+        Ok(d) => {
+            breaker.clear();
+            return Ok(d);
+        }
+        Err(e) if e.is_local() => return Err(Fail::disk(e.to_string())),
+        Err(e) => e,
+    };
+    let msg = e.to_string();
+    let machine = |cause: Cause| {
+        Fail::Local(LocalFault {
+            kind: LocalKind::YouTube,
+            message: format!("{msg} ({}: {})", cause.label(), cause.advice()),
+        })
+    };
+    match verdict(&msg) {
+        Verdict::Track => {
+            breaker.clear();
+            Err(Fail::Track(msg))
+        }
+        Verdict::Machine(cause) => {
+            breaker.clear();
+            Err(machine(cause))
+        }
+        Verdict::Unknown { trip_after } => {
+            if breaker.unknown(video, &msg, trip_after) {
+                Err(machine(Cause::Repeated))
+            } else {
+                Err(Fail::Track(msg))
+            }
+        }
+    }
+}
+
 async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<Value, Fail> {
     let stem = super::names::job_stem(job_id);
     // Recreated if something removed it; failing that, the disk is the problem.
@@ -110,13 +156,13 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
         Some(url) => {
             download::check_url(url).map_err(classify)?;
             if download::is_youtube(url) {
-                let ytdlp = ctx
-                    .ytdlp
-                    .as_ref()
-                    .ok_or_else(|| classify(DownloadError::NoYtDlp))?;
-                download::ytdlp_download(ytdlp, url, false, &ctx.tmp, &stem, &ctx.limits)
-                    .await
-                    .map_err(classify)?
+                let got = match ctx.ytdlp.as_ref() {
+                    Some(y) => {
+                        download::ytdlp_download(y, url, false, &ctx.tmp, &stem, &ctx.limits).await
+                    }
+                    None => Err(DownloadError::NoYtDlp),
+                };
+                blame_ytdlp(ctx, url, got)?
             } else {
                 // Not YouTube: never to yt-dlp, which resolves names itself. The direct
                 // downloader checks every resolved address and redirect hop
@@ -150,14 +196,14 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
                     "job has neither youtube_url nor artist/title".into(),
                 ));
             }
-            let ytdlp = ctx
-                .ytdlp
-                .as_ref()
-                .ok_or_else(|| classify(DownloadError::NoYtDlp))?;
             let query = format!("ytsearch1:\"{artist} {title} lyrics\"");
-            download::ytdlp_download(ytdlp, &query, true, &ctx.tmp, &stem, &ctx.limits)
-                .await
-                .map_err(classify)?
+            let got = match ctx.ytdlp.as_ref() {
+                Some(y) => {
+                    download::ytdlp_download(y, &query, true, &ctx.tmp, &stem, &ctx.limits).await
+                }
+                None => Err(DownloadError::NoYtDlp),
+            };
+            blame_ytdlp(ctx, &query, got)?
         }
     };
     let out = match ctx.pool.embed(got.path.clone(), false).await {

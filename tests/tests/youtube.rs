@@ -1,0 +1,233 @@
+//! When YouTube refuses this machine, no track is failed: the job is handed back (the
+//! session's last connection kept), intake pauses with back-off, one probe job goes
+//! first, and work resumes once YouTube answers. A fake `yt-dlp` (the tests choose which
+//! yt-dlp runs) answers with yt-dlp's real messages, chosen by a file beside it.
+#![cfg(target_os = "linux")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use chaarfm_tests::mock::{Mock, MockConfig};
+use chaarfm_tests::{binary, corpus_dir, make_clips, stop, wait_until, Spawned, TempDir};
+use serde_json::{json, Value};
+
+const BOT: &str = "ERROR: [youtube] @ID@: Sign in to confirm you\u{2019}re not a bot. Use --cookies-from-browser or --cookies for the authentication. See  https://github.com/yt-dlp/yt-dlp/wiki/FAQ#how-do-i-pass-cookies-to-yt-dlp  for how to manually pass cookies.";
+const PRIVATE: &str = "ERROR: [youtube] @ID@: Private video. Sign in if you've been granted access to this video. Use --cookies-from-browser or --cookies for the authentication.";
+const UNKNOWN: &str = "ERROR: [youtube] @ID@: The flux capacitor answered 7";
+
+/// A fake yt-dlp in `dir`: it answers as `dir/mode` says (`ok`, or an error line to
+/// print), `dir/fail-<id>` overrides it for one video, and on `ok` it "downloads" `clip`
+/// to the `-o` template and prints yt-dlp's JSON.
+struct FakeYtDlp {
+    dir: PathBuf,
+}
+
+impl FakeYtDlp {
+    fn new(dir: &Path, clip: &Path) -> FakeYtDlp {
+        use std::os::unix::fs::PermissionsExt;
+        let script = format!(
+            r#"#!/bin/sh
+dir='{dir}'
+echo "$@" >> "$dir/calls.log"
+tmpl=''; target=''
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -o) tmpl="$2"; shift 2 ;;
+    --) target="$2"; shift; shift ;;
+    *) shift ;;
+  esac
+done
+id=$(printf '%s' "$target" | sed 's/.*v=//')
+mode=$(cat "$dir/mode")
+[ -f "$dir/fail-$id" ] && mode=$(cat "$dir/fail-$id")
+if [ "$mode" != ok ]; then
+  printf '%s\n' "$mode" | sed "s/@ID@/$id/" >&2
+  exit 1
+fi
+dest=$(printf '%s' "$tmpl" | sed 's/%(ext)s/wav/')
+cp '{clip}' "$dest"
+printf '{{"id": "%s", "title": "t %s", "webpage_url": "%s", "requested_downloads": [{{"filepath": "%s"}}]}}\n' "$id" "$id" "$target" "$dest"
+"#,
+            dir = dir.display(),
+            clip = clip.display()
+        );
+        let bin = dir.join("yt-dlp");
+        std::fs::write(&bin, script).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let f = FakeYtDlp {
+            dir: dir.to_path_buf(),
+        };
+        f.answer("ok");
+        f
+    }
+
+    /// From now on, every call answers `mode` (`ok`, or an error text with `@ID@`).
+    fn answer(&self, mode: &str) {
+        std::fs::write(self.dir.join("mode"), mode).unwrap();
+    }
+
+    /// Video `id` always answers `mode`.
+    fn answer_for(&self, id: &str, mode: &str) {
+        std::fs::write(self.dir.join(format!("fail-{id}")), mode).unwrap();
+    }
+
+    fn calls(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("calls.log"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    }
+}
+
+struct Setup {
+    mock: Mock,
+    ytdlp: FakeYtDlp,
+    ids: Vec<String>,
+    _tmp: TempDir,
+}
+
+fn setup(label: &str, jobs: usize) -> Setup {
+    let tmp = TempDir::new(label);
+    std::fs::create_dir_all(tmp.join("bin")).unwrap();
+    let clips = make_clips(&tmp.join("bin"), 1);
+    let ytdlp = FakeYtDlp::new(&tmp.join("bin"), &clips[0]);
+    let mock = Mock::start(MockConfig::new(corpus_dir()));
+    let ids = (1..=jobs)
+        .map(|n| {
+            mock.add_job(
+                json!({"artist": "A", "title": format!("song {n}"), "table_name": "t",
+                "youtube_url": format!("https://www.youtube.com/watch?v=vid{n:03}")}),
+            )
+        })
+        .collect();
+    Setup {
+        mock,
+        ytdlp,
+        ids,
+        _tmp: tmp,
+    }
+}
+
+fn start(s: &Setup, state: &Path) -> Spawned {
+    let mut cmd = Command::new(binary());
+    cmd.args([
+        "--url",
+        &s.mock.base_url(),
+        "--code",
+        "TEST42",
+        "--workers",
+        "1",
+    ])
+    .arg("--state-dir")
+    .arg(state)
+    .env("CHAARFM_YTDLP", s.ytdlp.dir.join("yt-dlp"))
+    .env("CHAARFM_YOUTUBE_BACKOFF_S", "1");
+    Spawned::spawn(cmd)
+}
+
+fn error_of(mock: &Mock, id: &str) -> Option<String> {
+    mock.received()
+        .into_iter()
+        .find(|r| r.job_id == id)
+        .and_then(|r| {
+            r.msg
+                .get("error")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+}
+
+#[test]
+fn the_bot_check_fails_no_track_pauses_and_work_resumes_when_youtube_answers() {
+    let s = setup("yt-bot", 4);
+    s.ytdlp.answer(BOT);
+    let state = TempDir::new("yt-bot-state");
+    let sup = start(&s, state.path());
+    assert!(
+        wait_until(Duration::from_secs(60), || sup
+            .stderr_contains("pausing: YouTube refuses this machine")),
+        "no pause"
+    );
+    // Probes come, one at a time, and fail: nothing is reported failed meanwhile.
+    let probed = wait_until(Duration::from_secs(30), || s.ytdlp.calls() >= 3);
+    assert!(probed, "no probe after the back-off");
+    assert!(s.mock.failed().is_empty(), "{:?}", s.mock.failed());
+    assert_eq!(
+        s.mock.sessions_deleted(),
+        0,
+        "the session's last connection was closed"
+    );
+    s.ytdlp.answer("ok");
+    let all = s.mock.wait_results(s.ids.len(), Duration::from_secs(120));
+    let (code, stderr) = stop(sup);
+    assert!(all, "not every job done; stderr:\n{stderr}");
+    assert_eq!(code, Some(0));
+    assert!(s.mock.failed().is_empty(), "{:?}", s.mock.failed());
+    assert_eq!(s.mock.stored_len(), s.ids.len());
+    assert!(
+        stderr.contains("resumed: YouTube takes this machine again"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--cookies FILE"),
+        "the log does not say what helps"
+    );
+    assert_eq!(
+        stderr
+            .matches("pausing: YouTube refuses this machine")
+            .count(),
+        1,
+        "the pause is logged once"
+    );
+}
+
+#[test]
+fn a_private_video_fails_alone_and_the_rest_are_stored() {
+    let s = setup("yt-private", 3);
+    s.ytdlp.answer_for("vid002", PRIVATE);
+    let state = TempDir::new("yt-private-state");
+    let sup = start(&s, state.path());
+    let all = s.mock.wait_results(3, Duration::from_secs(120));
+    let (code, stderr) = stop(sup);
+    assert!(all, "stderr:\n{stderr}");
+    assert_eq!(code, Some(0));
+    let e = error_of(&s.mock, &s.ids[1]).expect("the private one failed");
+    assert!(e.contains("Private video"), "{e}");
+    assert_eq!(s.mock.failed().len(), 1);
+    assert_eq!(s.mock.stored_len(), 2);
+    assert!(
+        !stderr.contains("pausing"),
+        "a private video paused the worker"
+    );
+}
+
+#[test]
+fn an_unknown_message_on_three_videos_pauses_instead_of_failing_the_queue() {
+    let s = setup("yt-unknown", 6);
+    s.ytdlp.answer(UNKNOWN);
+    let state = TempDir::new("yt-unknown-state");
+    let sup = start(&s, state.path());
+    assert!(
+        wait_until(Duration::from_secs(60), || sup
+            .stderr_contains("pausing: YouTube refuses this machine")),
+        "the breaker did not trip"
+    );
+    let failed_while_broken = s.mock.failed().len();
+    assert!(failed_while_broken <= 2, "{:?}", s.mock.failed());
+    s.ytdlp.answer("ok");
+    let done = wait_until(Duration::from_secs(120), || {
+        s.mock.stored_len() + s.mock.failed().len() == s.ids.len()
+    });
+    let (code, stderr) = stop(sup);
+    assert!(done, "stderr:\n{stderr}");
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        s.mock.failed().len(),
+        failed_while_broken,
+        "failures after the trip"
+    );
+    assert!(
+        stderr.contains("the same error on several videos"),
+        "{stderr}"
+    );
+}
