@@ -63,6 +63,12 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "ADDR", value_parser = crate::server::metrics::parse_addr)]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// A cookies.txt of a browser signed in to YouTube, for machines YouTube asks to sign
+    /// in ("confirm you're not a bot"); passed to yt-dlp, never logged. Must be readable
+    /// by this user only (chmod 600).
+    #[arg(long, env = "CHAARFM_COOKIES", value_name = "FILE")]
+    pub cookies: Option<PathBuf>,
+
     #[command(flatten)]
     pub pool: PoolArgs,
 }
@@ -80,6 +86,9 @@ impl ConnectArgs {
         }
         if let Some(a) = self.metrics {
             v.extend(["--metrics".into(), a.to_string().into()]);
+        }
+        if let Some(c) = &self.cookies {
+            v.extend(["--cookies".into(), c.into()]);
         }
         v.extend(self.pool.args().into_iter().map(Into::into));
         v

@@ -132,6 +132,10 @@ async fn connect(
         None => anyhow::bail!("no pairing code: pass --code CODE or set CHAARFM_CODE (run `chaarfm-super --help` for the commands)"),
     };
     server::worker_url(&args.server.url, &code)?;
+    if let Some(c) = &args.cookies {
+        os::check_private_file(c)
+            .map_err(|e| anyhow::anyhow!("refusing --cookies {}: {e}", c.display()))?;
+    }
     let state_dir = args.state_dir.clone().unwrap_or_else(os::default_state_dir);
     // Stop requests from here on end the run cleanly, start-up included.
     let signals = signals::Signals::new()?;
@@ -145,6 +149,7 @@ async fn connect(
         allow_private_urls: args.allow_private_urls,
         state_dir,
         metrics: args.metrics,
+        cookies: args.cookies.clone(),
     };
     let result = server::run(opts, started.pool.clone(), started.children, signals).await;
     // On every path, errors included: stop the children before waiting for the pool.

@@ -16,9 +16,10 @@ const BOT: &str = "ERROR: [youtube] @ID@: Sign in to confirm you\u{2019}re not a
 const PRIVATE: &str = "ERROR: [youtube] @ID@: Private video. Sign in if you've been granted access to this video. Use --cookies-from-browser or --cookies for the authentication.";
 const UNKNOWN: &str = "ERROR: [youtube] @ID@: The flux capacitor answered 7";
 
-/// A fake yt-dlp in `dir`: it answers as `dir/mode` says (`ok`, or an error line to
-/// print), `dir/fail-<id>` overrides it for one video, and on `ok` it "downloads" `clip`
-/// to the `-o` template and prints yt-dlp's JSON.
+/// A fake yt-dlp in `dir` (the `bin` of a venv, as the worker's private one is): it
+/// answers as `dir/mode` says (`ok`, or an error line to print), `dir/fail-<id>`
+/// overrides it for one video, and on `ok` it "downloads" `clip` to the `-o` template
+/// and prints yt-dlp's JSON; `--version` prints `dir/version`.
 struct FakeYtDlp {
     dir: PathBuf,
 }
@@ -29,6 +30,7 @@ impl FakeYtDlp {
         let script = format!(
             r#"#!/bin/sh
 dir='{dir}'
+if [ "$1" = --version ]; then cat "$dir/version"; exit 0; fi
 echo "$@" >> "$dir/calls.log"
 tmpl=''; target=''
 while [ $# -gt 0 ]; do
@@ -55,11 +57,38 @@ printf '{{"id": "%s", "title": "t %s", "webpage_url": "%s", "requested_downloads
         let bin = dir.join("yt-dlp");
         std::fs::write(&bin, script).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.join("version"), "2024.01.01").unwrap();
+        if let Some(venv) = dir.parent() {
+            std::fs::write(venv.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+        }
         let f = FakeYtDlp {
             dir: dir.to_path_buf(),
         };
         f.answer("ok");
         f
+    }
+
+    /// A fake `python3` beside it, whose `-m pip install --upgrade` is recorded and
+    /// "updates" yt-dlp: its version changes and it answers `ok` from then on.
+    fn with_pip(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        let script = format!(
+            "#!/bin/sh\necho \"$@\" >> '{d}/pip.log'\necho ok > '{d}/mode'\necho 2026.12.01 > '{d}/version'\n",
+            d = self.dir.display()
+        );
+        let bin = self.dir.join("python3");
+        std::fs::write(&bin, script).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn pip_calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("pip.log"))
+            .map(|t| t.lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    fn call_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("calls.log")).unwrap_or_default()
     }
 
     /// From now on, every call answers `mode` (`ok`, or an error text with `@ID@`).
@@ -88,9 +117,10 @@ struct Setup {
 
 fn setup(label: &str, jobs: usize) -> Setup {
     let tmp = TempDir::new(label);
-    std::fs::create_dir_all(tmp.join("bin")).unwrap();
-    let clips = make_clips(&tmp.join("bin"), 1);
-    let ytdlp = FakeYtDlp::new(&tmp.join("bin"), &clips[0]);
+    let bin = tmp.join("venv/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let clips = make_clips(&tmp.join("venv"), 1);
+    let ytdlp = FakeYtDlp::new(&bin, &clips[0]);
     let mock = Mock::start(MockConfig::new(corpus_dir()));
     let ids = (1..=jobs)
         .map(|n| {
@@ -109,7 +139,12 @@ fn setup(label: &str, jobs: usize) -> Setup {
 }
 
 fn start(s: &Setup, state: &Path) -> Spawned {
+    start_with(s, state, &[])
+}
+
+fn start_with(s: &Setup, state: &Path, extra: &[&std::ffi::OsStr]) -> Spawned {
     let mut cmd = Command::new(binary());
+    cmd.args(extra);
     cmd.args([
         "--url",
         &s.mock.base_url(),
@@ -229,5 +264,83 @@ fn an_unknown_message_on_three_videos_pauses_instead_of_failing_the_queue() {
     assert!(
         stderr.contains("the same error on several videos"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn an_outdated_yt_dlp_in_its_venv_updates_itself_once_and_the_jobs_succeed() {
+    let s = setup("yt-outdated", 2);
+    s.ytdlp.with_pip();
+    s.ytdlp
+        .answer("ERROR: [youtube] @ID@: Signature extraction failed: Some formats may be missing");
+    let state = TempDir::new("yt-outdated-state");
+    // Cookies for YouTube: passed to yt-dlp, never shown.
+    let cookies = s.ytdlp.dir.join("cookies.txt");
+    std::fs::write(
+        &cookies,
+        "# Netscape HTTP Cookie File\n.youtube.com\tTRUE\t/\tTRUE\t0\tSID\tSECRET-TOKEN-42\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cookies, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let sup = start_with(
+        &s,
+        state.path(),
+        &["--cookies".as_ref(), cookies.as_os_str()],
+    );
+    let all = s.mock.wait_results(2, Duration::from_secs(120));
+    let (code, stderr) = stop(sup);
+    assert!(all, "stderr:\n{stderr}");
+    assert_eq!(code, Some(0));
+    assert!(s.mock.failed().is_empty(), "{:?}", s.mock.failed());
+    assert_eq!(s.mock.stored_len(), 2);
+    let pip = s.ytdlp.pip_calls();
+    assert_eq!(pip.len(), 1, "{pip:?}");
+    assert!(
+        pip[0].contains("-m pip install") && pip[0].contains("--upgrade yt-dlp[default]"),
+        "{pip:?}"
+    );
+    assert!(
+        stderr.contains("updated yt-dlp from 2024.01.01 to 2026.12.01"),
+        "{stderr}"
+    );
+    assert!(
+        s.ytdlp
+            .call_log()
+            .lines()
+            .all(|l| l.contains(&format!("--cookies {}", cookies.display()))),
+        "{}",
+        s.ytdlp.call_log()
+    );
+    assert!(!stderr.contains("SECRET-TOKEN-42"));
+}
+
+#[test]
+fn a_cookies_file_others_can_read_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("yt-cookies");
+    let cookies = dir.join("cookies.txt");
+    std::fs::write(&cookies, "# Netscape HTTP Cookie File\n").unwrap();
+    std::fs::set_permissions(&cookies, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(binary())
+        .args([
+            "--url",
+            "http://127.0.0.1:9",
+            "--code",
+            "TEST42",
+            "--state-dir",
+        ])
+        .arg(dir.join("state"))
+        .arg("--cookies")
+        .arg(&cookies)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("refusing --cookies") && err.contains("chmod 600"),
+        "{err}"
     );
 }

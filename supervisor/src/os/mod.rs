@@ -54,6 +54,16 @@ pub fn fresh_private_dir(dir: &Path) -> std::io::Result<()> {
     ensure_private_dir(dir)
 }
 
+/// A secret file (cookies): it must exist and, on Unix, be readable by this user only;
+/// the error says what to do.
+pub fn check_private_file(path: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it ({e})"))?;
+    if !meta.is_file() {
+        return Err("it is not a file".into());
+    }
+    imp::check_private_mode(&meta)
+}
+
 /// Free space for this user on the file system holding `dir`, when known.
 pub fn free_bytes(dir: &Path) -> Option<u64> {
     imp::free_bytes(dir)

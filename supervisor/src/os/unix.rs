@@ -5,6 +5,18 @@ pub fn private_mode(b: &mut std::fs::DirBuilder) {
     b.mode(0o700);
 }
 
+/// Group or others may read the file: refused, with the fix.
+pub fn check_private_mode(meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "its mode is {mode:o}, so other users can read it: chmod 600 it"
+        ));
+    }
+    Ok(())
+}
+
 pub fn pid_alive(pid: u32) -> bool {
     use nix::errno::Errno;
     let Ok(raw) = i32::try_from(pid) else {

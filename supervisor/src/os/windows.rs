@@ -3,6 +3,11 @@
 
 pub fn private_mode(_b: &mut std::fs::DirBuilder) {}
 
+/// Windows: a file under the user's profile is private by its ACL; nothing to check.
+pub fn check_private_mode(_meta: &std::fs::Metadata) -> Result<(), String> {
+    Ok(())
+}
+
 pub fn pid_alive(pid: u32) -> bool {
     use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
     let mut sys = System::new();

@@ -528,6 +528,10 @@ pub struct YtDlp {
     pub path: PathBuf,
     /// deno beside yt-dlp (the bundle's or setup's private venv), passed explicitly.
     pub deno: Option<PathBuf>,
+    /// Found on `PATH`: someone else's, never updated by us.
+    pub on_path: bool,
+    /// `--cookies FILE`: passed to every call (never logged).
+    pub cookies: Option<PathBuf>,
 }
 
 impl YtDlp {
@@ -536,15 +540,37 @@ impl YtDlp {
     /// `CHAARFM_YTDLP` to setup's `.deps/venv` (`.cargo/config.toml`).
     pub fn find() -> Option<YtDlp> {
         let name = layout::exe_name("yt-dlp");
-        let path = std::env::var_os("CHAARFM_YTDLP")
+        let ours = std::env::var_os("CHAARFM_YTDLP")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
             .or_else(|| {
                 let p = layout::tools_bin(&layout::exe_dir()?).join(&name);
                 p.is_file().then_some(p)
-            })
-            .or_else(|| layout::on_path("yt-dlp"))?;
-        Some(Self::with_runtime_beside(path))
+            });
+        let on_path = ours.is_none();
+        let path = ours.or_else(|| layout::on_path("yt-dlp"))?;
+        Some(YtDlp {
+            on_path,
+            ..Self::with_runtime_beside(path)
+        })
+    }
+
+    /// The Python of the private venv yt-dlp lives in (the bundle's `tools/`, set-up's
+    /// `.deps/venv`), which may update it; `None` for a yt-dlp found on `PATH` or one
+    /// outside a venv.
+    pub fn private_python(&self) -> Option<PathBuf> {
+        if self.on_path {
+            return None;
+        }
+        let bin = self.path.parent()?;
+        let venv = bin.parent()?;
+        if !venv.join("pyvenv.cfg").is_file() {
+            return None;
+        }
+        ["python3", "python"]
+            .iter()
+            .map(|n| bin.join(layout::exe_name(n)))
+            .find(|p| p.is_file())
     }
 
     /// yt-dlp at `path`, with the deno beside it when deno is not on `PATH`.
@@ -562,14 +588,38 @@ impl YtDlp {
             Some(d) if deno_on_path.as_deref() != Some(d.as_path()) => Some(d),
             _ => None,
         };
-        YtDlp { path, deno }
+        YtDlp {
+            path,
+            deno,
+            on_path: false,
+            cookies: None,
+        }
     }
 
     /// The command to run, with the JavaScript runtime named when needed.
     pub fn command(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.path);
         cmd.args(self.runtime_args());
+        if let Some(c) = &self.cookies {
+            cmd.arg("--cookies").arg(c);
+        }
         cmd
+    }
+
+    /// `yt-dlp --version`, bounded in time.
+    pub async fn version(&self) -> Option<String> {
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new(&self.path)
+                .arg("--version")
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !v.is_empty()).then_some(v)
     }
 
     /// `--js-runtimes deno:PATH` when deno is beside yt-dlp but not on `PATH`.

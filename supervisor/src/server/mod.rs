@@ -77,6 +77,8 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// Serve `/metrics` and `/healthz` here (`server::metrics`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--cookies FILE` for yt-dlp (checked private at start).
+    pub cookies: Option<PathBuf>,
 }
 
 /// The pairing code as logs may show it: first two characters only.
@@ -197,6 +199,8 @@ pub struct Ctx {
     pub tmp: PathBuf,
     /// Unknown yt-dlp errors in a row (`youtube::Breaker`).
     pub breaker: std::sync::Mutex<youtube::Breaker>,
+    /// Updates a stale yt-dlp of our own venv (`youtube::Updater`).
+    pub updater: youtube::Updater,
     url: String,
     masked_url: String,
     /// The pairing code as logs and errors may show it.
@@ -372,7 +376,10 @@ pub async fn run(
         &format!("/{}/", opts.code),
         &format!("/{}/", mask(&opts.code)),
     );
-    let ytdlp = download::YtDlp::find();
+    let ytdlp = download::YtDlp::find().map(|y| download::YtDlp {
+        cookies: opts.cookies.clone(),
+        ..y
+    });
     match &ytdlp {
         Some(y) => tracing::info!(
             path = %y.path.display(),
@@ -413,6 +420,7 @@ pub async fn run(
         ytdlp,
         tmp: private_tmp(&opts.state_dir).context("creating the download directory")?,
         breaker: Default::default(),
+        updater: youtube::Updater::new(&opts.state_dir),
         url,
         masked_url,
         masked_code: mask(&opts.code),

@@ -94,6 +94,29 @@ fn classify(e: DownloadError) -> Fail {
     }
 }
 
+/// Downloads `target` with yt-dlp; when yt-dlp says it is outdated and lives in our own
+/// venv, updates it (at most once a day) and tries once more.
+async fn ytdlp(
+    ctx: &Ctx,
+    target: &str,
+    search: bool,
+    stem: &str,
+) -> Result<Downloaded, DownloadError> {
+    use super::youtube::{classify as verdict, Cause, Verdict};
+    let Some(y) = ctx.ytdlp.as_ref() else {
+        return Err(DownloadError::NoYtDlp);
+    };
+    let got = download::ytdlp_download(y, target, search, &ctx.tmp, stem, &ctx.limits).await;
+    match &got {
+        Err(DownloadError::YtDlp(msg))
+            if verdict(msg) == Verdict::Machine(Cause::Outdated) && ctx.updater.update(y).await =>
+        {
+            download::ytdlp_download(y, target, search, &ctx.tmp, stem, &ctx.limits).await
+        }
+        _ => got,
+    }
+}
+
 /// A yt-dlp download's end, blamed by `server::youtube`: the track's (failed), or this
 /// machine's (handed back, intake paused); unknown texts count as the track's until the
 /// breaker trips. `video` names the video (its URL, or the search).
@@ -156,12 +179,7 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
         Some(url) => {
             download::check_url(url).map_err(classify)?;
             if download::is_youtube(url) {
-                let got = match ctx.ytdlp.as_ref() {
-                    Some(y) => {
-                        download::ytdlp_download(y, url, false, &ctx.tmp, &stem, &ctx.limits).await
-                    }
-                    None => Err(DownloadError::NoYtDlp),
-                };
+                let got = ytdlp(ctx, url, false, &stem).await;
                 blame_ytdlp(ctx, url, got)?
             } else {
                 // Not YouTube: never to yt-dlp, which resolves names itself. The direct
@@ -197,12 +215,7 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
                 ));
             }
             let query = format!("ytsearch1:\"{artist} {title} lyrics\"");
-            let got = match ctx.ytdlp.as_ref() {
-                Some(y) => {
-                    download::ytdlp_download(y, &query, true, &ctx.tmp, &stem, &ctx.limits).await
-                }
-                None => Err(DownloadError::NoYtDlp),
-            };
+            let got = ytdlp(ctx, &query, true, &stem).await;
             blame_ytdlp(ctx, &query, got)?
         }
     };

@@ -221,6 +221,83 @@ impl Breaker {
     }
 }
 
+/// Brings a stale yt-dlp up to date, when it lives in the worker's private venv: at
+/// most once a day (a stamp in the state dir), one at a time, bounded in time, logged
+/// with the old and new versions. A yt-dlp on `PATH` is someone else's: never touched.
+pub struct Updater {
+    stamp: std::path::PathBuf,
+    busy: tokio::sync::Mutex<()>,
+}
+
+/// How long `pip install --upgrade` may take.
+const UPDATE_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl Updater {
+    pub fn new(state_dir: &std::path::Path) -> Updater {
+        Updater {
+            stamp: state_dir.join("ytdlp-updated"),
+            busy: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Updates `ytdlp` if it may be (its venv, not tried today); whether it was, so the
+    /// caller tries the download again.
+    pub async fn update(&self, ytdlp: &super::download::YtDlp) -> bool {
+        let Some(python) = ytdlp.private_python() else {
+            tracing::warn!(path = %ytdlp.path.display(), "yt-dlp looks outdated, and it is not in this worker's private environment, so it is left alone: update it (pip install --upgrade \"yt-dlp[default]\", or your package manager)");
+            return false;
+        };
+        let _one = self.busy.lock().await;
+        let today = crate::date::iso(crate::date::today());
+        if std::fs::read_to_string(&self.stamp).is_ok_and(|d| d.trim() == today) {
+            tracing::debug!("yt-dlp was already updated (or tried) today");
+            return false;
+        }
+        let _ = std::fs::write(&self.stamp, &today);
+        let old = ytdlp.version().await.unwrap_or_else(|| "unknown".into());
+        tracing::warn!(%old, "yt-dlp looks outdated for YouTube: updating it in its private environment");
+        let run = tokio::process::Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--upgrade",
+                "yt-dlp[default]",
+            ])
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(UPDATE_LIMIT, run).await {
+            Ok(Ok(out)) if out.status.success() => {
+                let new = ytdlp.version().await.unwrap_or_else(|| "unknown".into());
+                tracing::warn!(%old, %new, "updated yt-dlp from {old} to {new}; trying the download again");
+                true
+            }
+            Ok(Ok(out)) => {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let last = err
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("");
+                tracing::warn!(status = %out.status, error = %last, "updating yt-dlp failed; tried again tomorrow");
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot run pip to update yt-dlp");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "updating yt-dlp took over {} s; stopped",
+                    UPDATE_LIMIT.as_secs()
+                );
+                false
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
