@@ -280,7 +280,7 @@ pub struct IngestArgs {
 pub enum ServiceCommand {
     /// Write the unit (or agent) and the environment file holding the code, then enable
     /// and start it.
-    Install(ServiceInstallArgs),
+    Install(Box<ServiceInstallArgs>),
     /// Whether the service is installed and running, and its recent log.
     Status(ServiceWhich),
     /// Stop and disable the service and remove its files (the state dir stays: it may hold

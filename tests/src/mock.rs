@@ -791,7 +791,12 @@ async fn worker(sock: TcpStream, st: Arc<Mutex<State>>, cfg: Arc<MockConfig>) {
             break;
         }
         if st.lock().unwrap().frozen {
-            // Neither read nor write until the runtime is shut down.
+            // What was dispatched before the freeze is on its way (in the socket's
+            // buffers, for a stopped process); then neither read nor write until the
+            // runtime is shut down.
+            while let Ok(msg) = out_rx.try_recv() {
+                let _ = tx.send(msg).await;
+            }
             std::future::pending::<()>().await;
         }
         tokio::select! {

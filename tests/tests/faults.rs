@@ -308,14 +308,17 @@ fn results_in_a_frozen_servers_buffer_are_sent_again() {
         .map(|c| first.add_audio_job(&c.file_name().unwrap().to_string_lossy()))
         .collect();
     let state = TempDir::new("frozen");
+    // The job ids of the results in the outbox (from the entries: file names are an
+    // encoding of the id and the destination).
     let in_outbox = || -> HashSet<String> {
         std::fs::read_dir(state.join("outbox"))
             .map(|d| {
                 d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
                     .filter_map(|e| {
-                        let p = e.path();
-                        (p.extension()? == "json")
-                            .then(|| p.file_stem().unwrap().to_string_lossy().to_string())
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+                        v.get("job_id")?.as_str().map(str::to_string)
                     })
                     .collect()
             })
