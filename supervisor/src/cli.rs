@@ -327,6 +327,10 @@ pub struct DoctorArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// The cookies.txt connect mode gets (`--cookies`), for the YouTube check.
+    #[arg(long, env = "CHAARFM_COOKIES", value_name = "FILE")]
+    pub cookies: Option<PathBuf>,
+
     #[command(flatten)]
     pub pool: PoolArgs,
 }

@@ -81,6 +81,13 @@ pub async fn run(args: &DoctorArgs, model_arg: Option<&Path>) -> anyhow::Result<
         args.server.code.as_deref(),
     ));
     checks.extend(server_checks(&args.server.url, args.server.code.as_deref()).await);
+    if args.server.code.is_some() {
+        let y = YtDlp::find().map(|y| YtDlp {
+            cookies: args.cookies.clone(),
+            ..y
+        });
+        checks.push(youtube_check(y.as_ref(), YOUTUBE_PROBE).await);
+    }
     let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
     if args.json {
         let doc = serde_json::json!({ "ok": failed == 0, "checks": checks });
@@ -333,6 +340,73 @@ async fn run_version(program: &Path, args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// The search the YouTube check runs.
+const YOUTUBE_PROBE: &str = "ytsearch1:music";
+
+/// One real search through yt-dlp (`--code` given: the worker is about to run): whether
+/// YouTube answers this machine, and if not, whose fault and what helps
+/// (`server::youtube`). A warning at worst: direct audio URLs work without YouTube.
+async fn youtube_check(ytdlp: Option<&YtDlp>, query: &str) -> Check {
+    use crate::server::youtube::{classify, Verdict};
+    let Some(y) = ytdlp else {
+        return check("youtube", Status::Skip, "no yt-dlp to ask YouTube with");
+    };
+    let run = y
+        .command()
+        .args([
+            "--skip-download",
+            "--dump-json",
+            "--no-warnings",
+            "--no-playlist",
+        ])
+        .args(["--socket-timeout", "15", "--retries", "1", "--"])
+        .arg(query)
+        .kill_on_drop(true)
+        .output();
+    let out =
+        match tokio::time::timeout(Duration::from_secs(90), run).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => return check("youtube", Status::Warn, format!("cannot run yt-dlp: {e}")),
+            Err(_) => return check(
+                "youtube",
+                Status::Warn,
+                "a YouTube search took over 90 s: the network is slow or YouTube does not answer",
+            ),
+        };
+    if out.status.success() {
+        return check(
+            "youtube",
+            Status::Ok,
+            "a YouTube search works from this machine",
+        );
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no output")
+        .trim()
+        .to_string();
+    let shown: String = last.chars().take(300).collect();
+    match classify(&last) {
+        Verdict::Machine(cause) => check(
+            "youtube",
+            Status::Warn,
+            format!(
+                "YouTube refuses this machine ({}): {shown}. {}",
+                cause.label(),
+                cause.advice()
+            ),
+        ),
+        _ => check(
+            "youtube",
+            Status::Warn,
+            format!("a YouTube search failed: {shown}"),
+        ),
+    }
+}
+
 /// Results waiting in the outbox: for this server and code (with `--code`), and for
 /// others, which are kept and never sent here. A warning, not a failure: the worker runs.
 fn outbox_check(dir: &Path, url: &str, code: Option<&str>) -> Check {
@@ -538,5 +612,40 @@ mod tests {
         assert_eq!(c.status, Status::Fail, "{c:?}");
         assert!(c.detail.contains("--state-dir"));
         std::fs::remove_file(&f).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_youtube_check_names_the_bot_check_and_what_helps() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("chaarfm-doctor-yt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fake = |name: &str, body: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            YtDlp::with_runtime_beside(p)
+        };
+        let bot = fake(
+            "bot",
+            "echo \"ERROR: [youtube] x: Sign in to confirm you're not a bot. Use --cookies-from-browser or --cookies for the authentication.\" >&2; exit 1",
+        );
+        let c = youtube_check(Some(&bot), YOUTUBE_PROBE).await;
+        assert_eq!(c.status, Status::Warn);
+        assert!(
+            c.detail.contains("(bot check)") && c.detail.contains("--cookies FILE"),
+            "{}",
+            c.detail
+        );
+        let ok = fake("ok", "echo '{\"id\": \"x\"}'");
+        assert_eq!(
+            youtube_check(Some(&ok), YOUTUBE_PROBE).await.status,
+            Status::Ok
+        );
+        assert_eq!(
+            youtube_check(None, YOUTUBE_PROBE).await.status,
+            Status::Skip
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -116,6 +116,7 @@ const MACHINE: &[(&str, Cause)] = &[
     ("http error 403", Cause::Forbidden),
     ("403: forbidden", Cause::Forbidden),
     ("temporary failure in name resolution", Cause::Network),
+    ("failed to resolve", Cause::Network),
     ("name or service not known", Cause::Network),
     ("nodename nor servname", Cause::Network),
     ("getaddrinfo failed", Cause::Network),
@@ -316,6 +317,8 @@ mod tests {
             ("ERROR: [youtube] abc: Unable to download API page: HTTP Error 429: Too Many Requests (caused by <HTTPError 429: Too Many Requests>)", m(RateLimited)),
             ("ERROR: unable to download video data: HTTP Error 403: Forbidden", m(Forbidden)),
             ("ERROR: [youtube] abc: Unable to download webpage: <urlopen error [Errno -3] Temporary failure in name resolution> (caused by TransportError('<urlopen error [Errno -3] Temporary failure in name resolution>'))", m(Network)),
+            // yt-dlp 2026.10.26 here, with no network (doctor's YouTube check):
+            ("ERROR: query \"music\" page 1: Unable to download API page: HTTPSConnection(host='www.youtube.com', port=443): Failed to resolve 'www.youtube.com' ([Errno -2] Name or service not known)", m(Network)),
             ("ERROR: [youtube] abc: Unable to download webpage: [Errno 101] Network is unreachable (caused by TransportError('[Errno 101] Network is unreachable'))", m(Network)),
             ("ERROR: [youtube] abc: Unable to download webpage: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer certificate (_ssl.c:1006)", m(Tls)),
             ("ERROR: [youtube] abc: Signature extraction failed: Some formats may be missing", m(Outdated)),
