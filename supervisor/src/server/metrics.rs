@@ -245,5 +245,18 @@ mod tests {
                 "{line} missing in:\n{text}"
             );
         }
+        let paused = render(&Snapshot {
+            paused: Some("youtube"),
+            ..s
+        });
+        for line in [
+            "chaarfm_paused{reason=\"youtube\"} 1",
+            "chaarfm_paused{reason=\"disk\"} 0",
+        ] {
+            assert!(
+                paused.lines().any(|l| l == line),
+                "{line} missing in:\n{paused}"
+            );
+        }
     }
 }
