@@ -471,11 +471,13 @@ mod tests {
         entry_for(&here(), id, lane)
     }
 
+    /// `<tmp>/chaarfm-outbox-<name>-<pid>/outbox`: the export file beside it is then this
+    /// test's own, whatever else runs at the same time.
     fn test_dir(name: &str) -> PathBuf {
-        let dir =
+        let root =
             std::env::temp_dir().join(format!("chaarfm-outbox-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
+        let _ = std::fs::remove_dir_all(&root);
+        root.join("outbox")
     }
 
     #[test]
@@ -571,8 +573,7 @@ mod tests {
         assert_eq!(ob.exported().map(|e| e.0), Some(1));
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
         assert!(ob.others().0.is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
-        let _ = std::fs::remove_file(&path);
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     #[test]
