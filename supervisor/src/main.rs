@@ -78,7 +78,10 @@ fn main() -> ExitCode {
             None => connect(&cli.connect, cli.model.as_deref()).await,
         }
     });
-    drop(rt);
+    // Bounded: a cancelled direct download's blocking thread stops at its next read,
+    // which may take up to the read timeout; the exit does not wait for it.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    os::helper::kill_all();
     os::remove_runtime_dir();
     let code = match result {
         Ok(Outcome::Ok) => 0,

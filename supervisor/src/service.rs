@@ -105,8 +105,11 @@ ExecStart={exec}
 EnvironmentFile={env}
 Restart=on-failure
 RestartSec=30
-# SIGTERM drains: jobs in flight finish and their results are delivered or saved.
+# SIGTERM drains: downloads are cancelled and handed back, embeddings finish and their
+# results are delivered or saved. Only the supervisor gets it (KillMode=mixed): a helper
+# signalled directly would die mid-download; the rest is SIGKILLed only at the timeout.
 KillSignal=SIGTERM
+KillMode=mixed
 TimeoutStopSec={STOP_TIMEOUT_SECS}
 {who}NoNewPrivileges=yes
 ProtectSystem=strict
@@ -178,6 +181,8 @@ pub fn launchd_plist(spec: &Spec) -> String {
   <integer>30</integer>
   <key>ExitTimeOut</key>
   <integer>{STOP_TIMEOUT_SECS}</integer>
+  <key>AbandonProcessGroup</key>
+  <false/>
   <key>ProcessType</key>
   <string>Background</string>
   <key>Nice</key>
@@ -538,6 +543,8 @@ mod tests {
                 "Nice=10",
                 "CPUSchedulingPolicy=batch",
                 "IOSchedulingClass=idle",
+                "KillSignal=SIGTERM",
+                "KillMode=mixed",
                 "EnvironmentFile=/home/a\\x20b/.config/chaarfm-super/worker.env",
             ] {
                 assert!(unit.lines().any(|l| l == line), "{line} missing:\n{unit}");
@@ -566,7 +573,7 @@ mod tests {
             .args([
                 "-c",
                 "import plistlib,sys; d=plistlib.load(open(sys.argv[1],'rb')); \
-                 print(d['Label'], d['ProgramArguments'][0], d['EnvironmentVariables']['CHAARFM_URL'], d['KeepAlive']['SuccessfulExit'], d['Nice'])",
+                 print(d['Label'], d['ProgramArguments'][0], d['EnvironmentVariables']['CHAARFM_URL'], d['KeepAlive']['SuccessfulExit'], d['Nice'], d['AbandonProcessGroup'])",
             ])
             .arg(&p)
             .output()
@@ -579,7 +586,7 @@ mod tests {
         );
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
-            "fm.chaar.super /opt/chaarfm super/chaarfm-super https://chaarfm.example/x?a=1&b=2 False 10"
+            "fm.chaar.super /opt/chaarfm super/chaarfm-super https://chaarfm.example/x?a=1&b=2 False 10 False"
         );
     }
 

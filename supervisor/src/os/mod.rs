@@ -2,6 +2,7 @@
 //! directory for the children's sockets, whether a pid is alive, the state-dir lock.
 //! Everything platform-specific sits in `unix` / `windows`; the rest is portable.
 
+pub mod helper;
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
@@ -141,8 +142,9 @@ pub fn remove_runtime_dir() {
     }
 }
 
-/// Exits now (second Ctrl-C): the runtime directory goes first.
+/// Exits now (second Ctrl-C): helpers are killed and the runtime directory goes first.
 pub fn exit_now(code: i32) -> ! {
+    helper::kill_all();
     remove_runtime_dir();
     crate::logging::flush();
     std::process::exit(code)

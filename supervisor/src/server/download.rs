@@ -14,6 +14,7 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chaarfm_child::layout;
@@ -30,6 +31,9 @@ pub struct Limits {
     pub read_timeout: Duration,
     /// yt-dlp gets this long in all.
     pub ytdlp_timeout: Duration,
+    /// A download whose files on disk have not grown for this long is stalled
+    /// ([`stalled`]): cancelled, and treated as a network fault.
+    pub stall: Duration,
     /// A direct download averaging less than `min_rate` bytes/s over a `rate_window`
     /// fails as too slow...
     pub min_rate: u64,
@@ -44,9 +48,10 @@ pub struct Limits {
 
 impl Limits {
     /// Defaults (0.5 MB, 50 MB, 15 s connect, 30 s per read, 16 KB/s over 60 s, 15 min
-    /// in all, 10 min yt-dlp), overridden by `POST_DOWNLOAD_MIN_SIZE_MB`,
-    /// `POST_DOWNLOAD_MAX_SIZE_MB`, `CHAARFM_READ_TIMEOUT_S`, `CHAARFM_DOWNLOAD_MIN_KBPS`,
-    /// `CHAARFM_DOWNLOAD_WINDOW_S` and `CHAARFM_DOWNLOAD_MAX_S`.
+    /// in all, 10 min yt-dlp, stalled after 120 s without a byte written), overridden
+    /// by `POST_DOWNLOAD_MIN_SIZE_MB`, `POST_DOWNLOAD_MAX_SIZE_MB`,
+    /// `CHAARFM_READ_TIMEOUT_S`, `CHAARFM_DOWNLOAD_MIN_KBPS`, `CHAARFM_DOWNLOAD_WINDOW_S`,
+    /// `CHAARFM_DOWNLOAD_MAX_S` and `CHAARFM_DOWNLOAD_STALL_S`.
     pub fn from_env() -> Self {
         let num = |name: &str, default: f64| -> f64 {
             std::env::var(name)
@@ -64,6 +69,7 @@ impl Limits {
             connect_timeout: Duration::from_secs(15),
             read_timeout: secs("CHAARFM_READ_TIMEOUT_S", 30.0),
             ytdlp_timeout: Duration::from_secs(600),
+            stall: secs("CHAARFM_DOWNLOAD_STALL_S", 120.0),
             min_rate: (num("CHAARFM_DOWNLOAD_MIN_KBPS", 16.0) * 1024.0) as u64,
             rate_window: secs("CHAARFM_DOWNLOAD_WINDOW_S", 60.0),
             max_time: secs("CHAARFM_DOWNLOAD_MAX_S", 900.0),
@@ -147,6 +153,14 @@ pub enum DownloadError {
     NoYtDlp,
     #[error("yt-dlp failed: {0}")]
     YtDlp(String),
+    /// yt-dlp ended by a signal, with nothing on stderr to say why.
+    #[error("yt-dlp failed: killed by signal {0}")]
+    Killed(i32),
+    #[error("download stalled: nothing written for {0} s (CHAARFM_DOWNLOAD_STALL_S)")]
+    Stalled(u64),
+    /// The supervisor cancelled it (stopping, or a stall).
+    #[error("download cancelled")]
+    Cancelled,
     #[error(transparent)]
     Refused(#[from] super::guard::Refused),
     #[error("cannot write the download: {0}")]
@@ -171,6 +185,17 @@ impl DownloadError {
                 .iter()
                 .any(|s| m.contains(s))
             }
+            _ => false,
+        }
+    }
+
+    /// The helper was interrupted rather than failing on its own: killed by a signal, or
+    /// yt-dlp's own words for SIGINT. Whether that was our stop is
+    /// `server::stopping`'s to decide.
+    pub fn interrupted(&self) -> bool {
+        match self {
+            DownloadError::Killed(_) | DownloadError::Cancelled => true,
+            DownloadError::YtDlp(msg) => msg.contains("Interrupted by user"),
             _ => false,
         }
     }
@@ -376,34 +401,49 @@ pub fn youtube_id(url: &str) -> String {
 /// Downloads `url` into `dir` as `<stem>.<ext>` (the extension from the URL or the
 /// Content-Type), bounded in size and time, retrying transient network errors (blocking:
 /// run it on a blocking thread). Returns the file written.
+#[cfg(test)]
 pub fn http_download(
     url: &str,
     dir: &Path,
     stem: &str,
     limits: &Limits,
 ) -> Result<PathBuf, DownloadError> {
-    let guard = (!limits.allow_private).then(super::guard::GuardResolver::default);
-    fetch(url, dir, stem, limits, guard.as_ref())
+    http_download_until(url, dir, stem, limits, &AtomicBool::new(false))
 }
 
-/// [`http_download`] with the guard given (`None`: off).
+/// [`http_download`] until `cancel` is set: then it stops at the next chunk (or retry
+/// wait), removes what it wrote and returns [`DownloadError::Cancelled`].
+pub fn http_download_until(
+    url: &str,
+    dir: &Path,
+    stem: &str,
+    limits: &Limits,
+    cancel: &AtomicBool,
+) -> Result<PathBuf, DownloadError> {
+    let guard = (!limits.allow_private).then(super::guard::GuardResolver::default);
+    fetch(url, dir, stem, limits, guard.as_ref(), cancel)
+}
+
+/// [`http_download_until`] with the guard given (`None`: off).
 fn fetch(
     url: &str,
     dir: &Path,
     stem: &str,
     limits: &Limits,
     guard: Option<&super::guard::GuardResolver>,
+    cancel: &AtomicBool,
 ) -> Result<PathBuf, DownloadError> {
     let mut delays = limits.retry_delays.iter();
     loop {
-        match fetch_once(url, dir, stem, limits, guard) {
-            Err(e) if e.is_transient() => match delays.next() {
+        match fetch_once(url, dir, stem, limits, guard, cancel) {
+            Err(e) if e.is_transient() && !cancel.load(Ordering::Relaxed) => match delays.next() {
                 Some(d) => {
                     tracing::info!(%url, error = %e, "download interrupted; trying again in {} s", d.as_secs_f64());
                     std::thread::sleep(*d);
                 }
                 None => return Err(e),
             },
+            _ if cancel.load(Ordering::Relaxed) => return Err(DownloadError::Cancelled),
             other => return other,
         }
     }
@@ -416,6 +456,7 @@ fn fetch_once(
     stem: &str,
     limits: &Limits,
     guard: Option<&super::guard::GuardResolver>,
+    cancel: &AtomicBool,
 ) -> Result<PathBuf, DownloadError> {
     check_url(url)?;
     if let Some(g) = guard {
@@ -474,7 +515,13 @@ fn fetch_once(
             });
         }
     }
+    if cancel.load(Ordering::Relaxed) {
+        return Err(DownloadError::Cancelled);
+    }
     let dest = dir.join(format!("{stem}.{}", download_ext(url, &content_type)));
+    // Whatever ends this attempt early, nothing of it stays (the caller may already have
+    // cleaned the directory when it cancelled).
+    let written = Written(Some(&dest));
     let mut reader = resp
         .into_body()
         .into_with_config()
@@ -498,6 +545,9 @@ fn fetch_once(
                 return Err(DownloadError::from_io(&e));
             }
         };
+        if cancel.load(Ordering::Relaxed) {
+            return Err(DownloadError::Cancelled);
+        }
         total += n as u64;
         if total > limits.max_bytes {
             return Err(DownloadError::TooLarge {
@@ -518,7 +568,59 @@ fn fetch_once(
             min_mb: mb(limits.min_bytes),
         });
     }
+    written.keep();
     Ok(dest)
+}
+
+/// A file being written: removed on drop unless kept.
+struct Written<'a>(Option<&'a Path>);
+
+impl Written<'_> {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Written<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Bytes on disk of one job's files (`<stem>.*`: yt-dlp's `.part` and fragments, or the
+/// direct download).
+pub fn job_bytes(dir: &Path, stem: &str) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let prefix = format!("{stem}.");
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Resolves once `bytes()` has not grown for `window` (checked every quarter window,
+/// at most every 5 s): a download gone silent, which no timeout of its own would end
+/// before [`Limits::ytdlp_timeout`].
+pub async fn stalled(window: Duration, mut bytes: impl FnMut() -> u64) {
+    let every = (window / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    let mut last = bytes();
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        let now = bytes();
+        if now > last {
+            last = now;
+            since = tokio::time::Instant::now();
+        } else if since.elapsed() >= window {
+            return;
+        }
+    }
 }
 
 /// yt-dlp, and the JavaScript runtime it needs for YouTube (since late 2025) when that
@@ -608,16 +710,12 @@ impl YtDlp {
 
     /// `yt-dlp --version`, bounded in time.
     pub async fn version(&self) -> Option<String> {
-        let out = tokio::time::timeout(
-            Duration::from_secs(30),
-            tokio::process::Command::new(&self.path)
-                .arg("--version")
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .ok()?
-        .ok()?;
+        let mut cmd = tokio::process::Command::new(&self.path);
+        cmd.arg("--version");
+        let out = tokio::time::timeout(Duration::from_secs(30), crate::os::helper::output(cmd))
+            .await
+            .ok()?
+            .ok()?;
         let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
         (out.status.success() && !v.is_empty()).then_some(v)
     }
@@ -633,6 +731,19 @@ impl YtDlp {
             None => Vec::new(),
         }
     }
+}
+
+/// What a failed yt-dlp run says: its last stderr line, or the signal that ended it.
+fn ytdlp_failure(out: &std::process::Output) -> DownloadError {
+    let err = String::from_utf8_lossy(&out.stderr);
+    if let Some(last) = err.lines().rev().find(|l| !l.trim().is_empty()) {
+        return DownloadError::YtDlp(last.trim().to_string());
+    }
+    #[cfg(unix)]
+    if let Some(sig) = std::os::unix::process::ExitStatusExt::signal(&out.status) {
+        return DownloadError::Killed(sig);
+    }
+    DownloadError::YtDlp("no output".into())
 }
 
 /// Runs yt-dlp for `target` (a URL, or `ytsearch1:...`) into `dir` with name stem `stem`;
@@ -661,23 +772,24 @@ pub async fn ytdlp_download(
     if search {
         cmd.args(["--match-filter", "duration >= 60 & duration <= 600"]);
     }
-    cmd.arg("--").arg(target).kill_on_drop(true);
-    let out = tokio::time::timeout(limits.ytdlp_timeout, cmd.output())
-        .await
-        .map_err(|_| {
-            DownloadError::YtDlp(format!(
-                "timed out after {} s",
-                limits.ytdlp_timeout.as_secs()
-            ))
-        })??;
+    cmd.arg("--").arg(target);
+    // In its own process group (`os::helper`): our stop signals never reach it, and a
+    // drop of this future (stop, stall, timeout) kills it and what it started.
+    let out = tokio::select! {
+        out = tokio::time::timeout(limits.ytdlp_timeout, crate::os::helper::output(cmd)) => {
+            out.map_err(|_| {
+                DownloadError::YtDlp(format!(
+                    "timed out after {} s",
+                    limits.ytdlp_timeout.as_secs()
+                ))
+            })??
+        }
+        () = stalled(limits.stall, || job_bytes(dir, stem)) => {
+            return Err(DownloadError::Stalled(limits.stall.as_secs()));
+        }
+    };
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no output");
-        return Err(DownloadError::YtDlp(last.trim().to_string()));
+        return Err(ytdlp_failure(&out));
     }
     let meta: Value = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -721,6 +833,7 @@ pub async fn ytdlp_download(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn deno_beside_ytdlp_is_named_to_it_unless_path_has_it() {
@@ -984,6 +1097,7 @@ mod tests {
             "x",
             &limits(),
             Some(&super::super::guard::GuardResolver::exempting(public)),
+            &AtomicBool::new(false),
         )
         .unwrap_err();
         assert_eq!(
@@ -1041,5 +1155,93 @@ mod tests {
         );
         assert_eq!(download_ext("http://h/page", "audio/mpeg"), "mp3");
         assert_eq!(download_ext("http://h/page", ""), "audio");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_download_is_stalled_only_after_a_whole_window_without_growth() {
+        use std::sync::atomic::AtomicU64;
+        let window = Duration::from_secs(120);
+        // Grows for 10 minutes, then goes silent: stalled 120 s after the last byte.
+        let bytes = Arc::new(AtomicU64::new(0));
+        let b = Arc::clone(&bytes);
+        let start = tokio::time::Instant::now();
+        let feeder = tokio::spawn(async move {
+            for _ in 0..600 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                b.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        stalled(window, || bytes.load(Ordering::SeqCst)).await;
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(720) && took <= Duration::from_secs(730),
+            "stalled after {took:?}"
+        );
+        feeder.await.unwrap();
+        // Nothing at all: stalled after the window.
+        let start = tokio::time::Instant::now();
+        stalled(window, || 0).await;
+        let took = start.elapsed();
+        assert!(
+            took >= window && took <= window + Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn a_cancelled_direct_download_stops_and_leaves_no_file() {
+        let dir = test_dir("cancel");
+        // Sends a header and 1 KB, then holds the connection open.
+        let (port, _) = serve_with("127.0.0.1", |_, conn| {
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n");
+            for _ in 0..100 {
+                if conn.write_all(&[7u8; 1024]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (c, d) = (Arc::clone(&cancel), dir.clone());
+        let t = std::thread::spawn(move || {
+            http_download_until(
+                &format!("http://127.0.0.1:{port}/a.mp3"),
+                &d,
+                "j-c",
+                &limits(),
+                &c,
+            )
+        });
+        let written = wait_for(|| job_bytes(&dir, "j-c") > 0);
+        assert!(written, "nothing written");
+        cancel.store(true, Ordering::SeqCst);
+        let e = t.join().unwrap().unwrap_err();
+        assert!(matches!(e, DownloadError::Cancelled), "{e}");
+        assert!(e.interrupted());
+        assert_eq!(job_bytes(&dir, "j-c"), 0, "the partial file stayed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Polls `cond` for up to 10 s.
+    fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
+        for _ in 0..1000 {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn what_counts_as_interrupted() {
+        assert!(DownloadError::Killed(15).interrupted());
+        assert!(DownloadError::YtDlp("ERROR: Interrupted by user".into()).interrupted());
+        assert!(!DownloadError::YtDlp("ERROR: Private video".into()).interrupted());
+        assert!(!DownloadError::Stalled(120).interrupted());
+        assert_eq!(
+            DownloadError::Killed(9).to_string(),
+            "yt-dlp failed: killed by signal 9"
+        );
     }
 }

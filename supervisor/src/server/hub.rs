@@ -473,7 +473,7 @@ impl State {
         match fault.kind {
             LocalKind::Disk => pause(&self.intake, fault.message.clone()),
             LocalKind::YouTube => pause_youtube(&self.intake, fault.message.clone()),
-            LocalKind::Pool => {}
+            LocalKind::Pool | LocalKind::Stopping | LocalKind::Network => {}
         }
         let job_id = job.job_id.clone();
         let tries = {
@@ -483,7 +483,7 @@ impl State {
         };
         let keep = !self.protocol2()
             && !self.draining
-            && fault.kind != LocalKind::Pool
+            && !matches!(fault.kind, LocalKind::Pool | LocalKind::Stopping)
             && (tries <= MAX_LOCAL_RETRIES || fault.kind == LocalKind::YouTube)
             && !self.others_connected(lane);
         if keep {
@@ -495,7 +495,11 @@ impl State {
             return;
         }
         self.local_retries.remove(&job_id);
-        tracing::warn!(job = %job_id, reason = %fault.message, "job handed back to the server (a fault of this machine, not the track's)");
+        if fault.kind == LocalKind::Stopping {
+            tracing::info!(job = %job_id, "handed back: stopping (its download was cancelled)");
+        } else {
+            tracing::warn!(job = %job_id, reason = %fault.message, "job handed back to the server (a fault of this machine, not the track's)");
+        }
         if !self.protocol2() {
             // The lane closes its connection to hand the job back.
             if let Some(l) = self.lanes.get_mut(lane) {

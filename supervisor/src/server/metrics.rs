@@ -88,6 +88,11 @@ pub fn render(s: &Snapshot) -> String {
             "1 when connected to the ChaarFM server",
             i64::from(s.connected),
         ),
+        (
+            "downloads_in_flight",
+            "Downloads under way",
+            s.downloads as i64,
+        ),
     ] {
         reg.register(name, help, ConstGauge::new(v));
     }
@@ -106,6 +111,11 @@ pub fn render(s: &Snapshot) -> String {
         "last_error_timestamp_seconds",
         "Unix time of the last child death, job failure or lost connection (0: none)",
         ConstGauge::new(s.last_error_unix as i64),
+    );
+    reg.register(
+        "download_oldest_seconds",
+        "Age of the oldest download under way (0: none)",
+        ConstGauge::new(s.oldest_download_s),
     );
     reg.register(
         "uptime_seconds",
@@ -220,6 +230,8 @@ mod tests {
         let s = crate::server::status::example();
         let s = Snapshot {
             audio_s: 9000.5,
+            downloads: 2,
+            oldest_download_s: 42.0,
             ..s
         };
         let text = render(&s);
@@ -234,6 +246,8 @@ mod tests {
             "chaarfm_queue_depth 7",
             "chaarfm_outbox_results 1",
             "chaarfm_connected 1",
+            "chaarfm_downloads_in_flight 2",
+            "chaarfm_download_oldest_seconds 42.0",
             "chaarfm_paused{reason=\"disk\"} 0",
             "chaarfm_paused{reason=\"youtube\"} 0",
             "chaarfm_last_error_timestamp_seconds 1790000000",

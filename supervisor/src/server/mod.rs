@@ -27,10 +27,11 @@ pub mod metrics;
 pub mod names;
 pub mod outbox;
 pub mod status;
+pub mod stopping;
 pub mod work;
 pub mod youtube;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -201,11 +202,14 @@ pub struct Ctx {
     pub breaker: std::sync::Mutex<youtube::Breaker>,
     /// Updates a stale yt-dlp of our own venv (`youtube::Updater`).
     pub updater: youtube::Updater,
+    /// Downloads in flight: job id -> when it started (the status line shows their age).
+    pub downloads: std::sync::Mutex<HashMap<String, Instant>>,
     url: String,
     masked_url: String,
     /// The pairing code as logs and errors may show it.
     masked_code: String,
     base: String,
+    /// Set once, by the first stop request: the one flag `server::stopping` reads.
     draining: watch::Sender<bool>,
     intake: Arc<watch::Sender<Intake>>,
     /// `Some(slots)` once a server said `welcome`: protocol 2.
@@ -421,6 +425,7 @@ pub async fn run(
         tmp: private_tmp(&opts.state_dir).context("creating the download directory")?,
         breaker: Default::default(),
         updater: youtube::Updater::new(&opts.state_dir),
+        downloads: Default::default(),
         url,
         masked_url,
         masked_code: mask(&opts.code),
@@ -496,6 +501,7 @@ pub async fn run(
             w = &mut decide, if !decided => {
                 decided = true;
                 match w {
+                    _ if *ctx.draining.borrow() => {}
                     Some(m) => tracing::info!(server_slots = m, "server speaks protocol 2: one connection, {m} jobs outstanding"),
                     None if opts.lanes => {
                         tracing::info!("no welcome: today's server, one job per connection; opening {} more connection(s)", slots - 1);
@@ -511,7 +517,10 @@ pub async fn run(
                     crate::logging::eprint("chaarfm-super: second interrupt, stopping now\n");
                     crate::os::exit_now(130);
                 }
-                tracing::warn!("interrupted: finishing the jobs in flight and sending their results (interrupt again to stop now)");
+                tracing::warn!("stopping: no new jobs or connections; downloads in flight are cancelled and their jobs handed back to the server, embeddings in flight finish and their results are sent (interrupt again to stop now)");
+                if !ctx.protocol2() {
+                    tracing::warn!("today's server keeps the jobs handed back in its queue only while the session stays open: its /ingest page open in a browser, or another worker connected with this code");
+                }
                 let _ = ctx.draining.send(true);
                 hub.drain();
             }
@@ -547,6 +556,7 @@ pub async fn run(
     if let Some(t) = &metrics_task {
         t.abort();
     }
+    ctx.updater.finish().await;
     let last = status::snapshot(&ctx, &hub, started, children).await;
     hub_task.abort();
     let held = ctx.outbox.len();
@@ -601,8 +611,20 @@ async fn lane(ctx: Arc<Ctx>, hub: Hub, mut me: LaneHandle) {
         v.busy == 0 && v.pending.is_empty()
     };
     loop {
-        if *draining.borrow() && settled(&me.view) {
-            return;
+        if *draining.borrow() {
+            // Stopping: no new connection, except to deliver results of jobs that
+            // finished (an embedding in flight when the stop came, its connection lost).
+            loop {
+                if settled(&me.view) {
+                    return;
+                }
+                if !me.view.borrow().pending.is_empty() {
+                    break;
+                }
+                if me.view.changed().await.is_err() {
+                    return;
+                }
+            }
         }
         // Today's server: a connection is a request for a job, so none while paused, even
         // for a lane whose job is still running (its result waits for the resume, or a

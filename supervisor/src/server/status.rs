@@ -25,6 +25,9 @@ pub struct Snapshot {
     /// Why intake is paused (`disk`, `youtube`), if it is.
     pub paused: Option<&'static str>,
     pub outbox: usize,
+    /// Downloads in flight, and the age of the oldest in seconds.
+    pub downloads: usize,
+    pub oldest_download_s: f64,
     /// Restarts by cause (`pool::policy::Cause::label`).
     pub restarts_by: Vec<(&'static str, u64)>,
     /// Jobs waiting for a child.
@@ -41,7 +44,7 @@ pub fn line(s: &Snapshot) -> String {
         0.0
     };
     format!(
-        "{} done ({} failed), {} handed back; {:.0} s of audio, {:.1}x realtime; {}/{} children alive, {} restart(s); {}{}; outbox {}",
+        "{} done ({} failed), {} handed back; {:.0} s of audio, {:.1}x realtime; {}/{} children alive, {} restart(s); {}{}; {}outbox {}",
         s.summary.jobs_done,
         s.summary.failed,
         s.summary.handed_back,
@@ -52,6 +55,14 @@ pub fn line(s: &Snapshot) -> String {
         s.restarts,
         if s.connected { "connected" } else { "not connected" },
         s.paused.map(|p| format!(", paused ({p})")).unwrap_or_default(),
+        if s.downloads > 0 {
+            format!(
+                "downloading {} (oldest {:.0} s); ",
+                s.downloads, s.oldest_download_s
+            )
+        } else {
+            String::new()
+        },
         s.outbox
     )
 }
@@ -59,6 +70,11 @@ pub fn line(s: &Snapshot) -> String {
 /// The figures now.
 pub async fn snapshot(ctx: &Ctx, hub: &Hub, started: Instant, children: usize) -> Snapshot {
     let stats = &ctx.pool.stats;
+    let flights: Vec<Instant> = ctx
+        .downloads
+        .lock()
+        .map(|d| d.values().copied().collect())
+        .unwrap_or_default();
     Snapshot {
         summary: hub.summary().await,
         audio_s: stats.audio_ms.load(Ordering::Relaxed) as f64 / 1e3,
@@ -69,6 +85,11 @@ pub async fn snapshot(ctx: &Ctx, hub: &Hub, started: Instant, children: usize) -
         connected: *ctx.connected.borrow(),
         paused: ctx.intake.borrow().label(),
         outbox: ctx.outbox.len(),
+        downloads: flights.len(),
+        oldest_download_s: flights
+            .iter()
+            .map(|t| t.elapsed().as_secs_f64())
+            .fold(0.0, f64::max),
         restarts_by: stats
             .restarts_by
             .lock()
@@ -107,6 +128,8 @@ pub fn example() -> Snapshot {
         connected: true,
         paused: None,
         outbox: 1,
+        downloads: 0,
+        oldest_download_s: 0.0,
         restarts_by: vec![("crash", 4), ("timeout", 1)],
         queued: 7,
         last_error_unix: 1_790_000_000,
@@ -138,6 +161,16 @@ mod tests {
             line(&paused).contains("; connected, paused (youtube); outbox 1"),
             "{}",
             line(&paused)
+        );
+        let downloading = Snapshot {
+            downloads: 2,
+            oldest_download_s: 95.4,
+            ..s.clone()
+        };
+        assert!(
+            line(&downloading).ends_with("; connected; downloading 2 (oldest 95 s); outbox 1"),
+            "{}",
+            line(&downloading)
         );
     }
 }

@@ -6,8 +6,11 @@ use std::sync::Arc;
 use chaarfm_shared::server::{DownloadJob, GenreJob, JobKind, Outcome, ServerJob, TrackData};
 use serde_json::{json, Value};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
 use super::download::{self, DownloadError, Downloaded};
-use super::Ctx;
+use super::{stopping, Ctx};
 
 /// Why a job was not done: the track's fault (reported failed) or this machine's
 /// (handed back to the server, never reported failed).
@@ -33,6 +36,11 @@ pub enum LocalKind {
     Pool,
     /// YouTube refuses this machine (`server::youtube`): intake pauses with back-off.
     YouTube,
+    /// The worker is stopping (`server::stopping`): the download was cancelled.
+    Stopping,
+    /// The download stalled twice (nothing written for `CHAARFM_DOWNLOAD_STALL_S`): the
+    /// network's fault, not the track's.
+    Network,
 }
 
 impl Fail {
@@ -59,7 +67,13 @@ pub async fn run(ctx: Arc<Ctx>, job: ServerJob) -> End {
 async fn execute(ctx: &Ctx, job: &ServerJob) -> Result<Value, Fail> {
     match &job.kind {
         JobKind::Download(d) => download_and_embed(ctx, &job.job_id, d).await,
-        JobKind::Genre(g) => genre(ctx, g).await.map_err(Fail::Track),
+        JobKind::Genre(g) => {
+            let mut stop = ctx.draining.subscribe();
+            tokio::select! {
+                got = genre(ctx, g) => got.map_err(Fail::Track),
+                () = stopping::requested(&mut stop) => Err(stopped()),
+            }
+        }
     }
 }
 
@@ -161,6 +175,171 @@ fn blame_ytdlp(
     }
 }
 
+/// Where a job's audio comes from.
+enum Source {
+    /// A YouTube URL or search (`ytsearch1:...`): through yt-dlp.
+    YouTube { target: String, search: bool },
+    /// Any other http(s) URL: downloaded directly, through the guard.
+    Direct(String),
+}
+
+impl Source {
+    fn of(d: &DownloadJob) -> Result<Source, Fail> {
+        match d.youtube_url.as_deref().filter(|u| !u.trim().is_empty()) {
+            Some(url) => {
+                download::check_url(url).map_err(classify)?;
+                Ok(if download::is_youtube(url) {
+                    Source::YouTube {
+                        target: url.to_string(),
+                        search: false,
+                    }
+                } else {
+                    // Never to yt-dlp, which resolves names itself: the direct
+                    // downloader checks every resolved address and redirect hop
+                    // (`server::guard`) and refuses pages and documents.
+                    Source::Direct(url.to_string())
+                })
+            }
+            None => {
+                let (artist, title) = (
+                    d.artist.as_deref().unwrap_or(""),
+                    d.title.as_deref().unwrap_or(""),
+                );
+                if artist.trim().is_empty() && title.trim().is_empty() {
+                    return Err(Fail::Track(
+                        "job has neither youtube_url nor artist/title".into(),
+                    ));
+                }
+                Ok(Source::YouTube {
+                    target: format!("ytsearch1:\"{artist} {title} lyrics\""),
+                    search: true,
+                })
+            }
+        }
+    }
+}
+
+/// A download in flight, listed in `Ctx::downloads` (the status line shows their ages).
+struct InFlight<'a> {
+    ctx: &'a Ctx,
+    job_id: String,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(ctx: &'a Ctx, job_id: &str) -> Self {
+        ctx.downloads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job_id.to_string(), Instant::now());
+        InFlight {
+            ctx,
+            job_id: job_id.to_string(),
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.ctx
+            .downloads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.job_id);
+    }
+}
+
+/// A stop's fault: the job goes back to the server.
+fn stopped() -> Fail {
+    Fail::Local(LocalFault {
+        kind: LocalKind::Stopping,
+        message: "worker stopping".into(),
+    })
+}
+
+/// Downloads a job's audio: cancelled by a stop (handed back), a stall retried once
+/// (then handed back), every other error blamed on the track or the machine.
+async fn fetch_audio(ctx: &Ctx, source: &Source, stem: &str) -> Result<Downloaded, Fail> {
+    let mut stop = ctx.draining.subscribe();
+    let mut stalls = 0;
+    loop {
+        let got = tokio::select! {
+            got = attempt(ctx, source, stem) => got,
+            () = stopping::requested(&mut stop) => Err(DownloadError::Cancelled),
+        };
+        let e = match got {
+            Ok(d) => {
+                if let Source::YouTube { target, .. } = source {
+                    return blame_ytdlp(ctx, target, Ok(d));
+                }
+                return Ok(d);
+            }
+            Err(e) => e,
+        };
+        if stopping::ours(&mut stop, &e).await {
+            return Err(stopped());
+        }
+        if let DownloadError::Stalled(_) = e {
+            stalls += 1;
+            if stalls < 2 {
+                tracing::warn!(error = %e, "download stalled; trying once more");
+                continue;
+            }
+            return Err(Fail::Local(LocalFault {
+                kind: LocalKind::Network,
+                message: format!("{e}, twice"),
+            }));
+        }
+        return match source {
+            Source::YouTube { target, .. } => blame_ytdlp(ctx, target, Err(e)),
+            Source::Direct(_) => Err(classify(e)),
+        };
+    }
+}
+
+/// Sets the flag when dropped: a direct download's blocking thread stops at its next
+/// chunk once its future is gone (stopped, stalled).
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One download attempt, stall-watched.
+async fn attempt(ctx: &Ctx, source: &Source, stem: &str) -> Result<Downloaded, DownloadError> {
+    match source {
+        Source::YouTube { target, search } => ytdlp(ctx, target, *search, stem).await,
+        Source::Direct(url) => {
+            let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+            let (u, dir, st, limits, c) = (
+                url.clone(),
+                ctx.tmp.clone(),
+                stem.to_string(),
+                ctx.limits.clone(),
+                Arc::clone(&cancel.0),
+            );
+            let run = tokio::task::spawn_blocking(move || {
+                download::http_download_until(&u, &dir, &st, &limits, &c)
+            });
+            let path = tokio::select! {
+                got = run => got.map_err(|e| DownloadError::Network {
+                    what: format!("download task failed: {e}"),
+                    transient: false,
+                })??,
+                () = download::stalled(ctx.limits.stall, || download::job_bytes(&ctx.tmp, stem)) => {
+                    return Err(DownloadError::Stalled(ctx.limits.stall.as_secs()));
+                }
+            };
+            Ok(Downloaded {
+                path,
+                meta: None,
+                source_url: url.clone(),
+            })
+        }
+    }
+}
+
 async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<Value, Fail> {
     let stem = super::names::job_stem(job_id);
     // Recreated if something removed it; failing that, the disk is the problem.
@@ -174,50 +353,10 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
         dir: &ctx.tmp,
         stem: &stem,
     };
-    let url = d.youtube_url.as_deref().filter(|u| !u.trim().is_empty());
-    let got: Downloaded = match url {
-        Some(url) => {
-            download::check_url(url).map_err(classify)?;
-            if download::is_youtube(url) {
-                let got = ytdlp(ctx, url, false, &stem).await;
-                blame_ytdlp(ctx, url, got)?
-            } else {
-                // Not YouTube: never to yt-dlp, which resolves names itself. The direct
-                // downloader checks every resolved address and redirect hop
-                // (`server::guard`) and refuses pages and documents.
-                let (u, dir, st, limits) = (
-                    url.to_string(),
-                    ctx.tmp.clone(),
-                    stem.clone(),
-                    ctx.limits.clone(),
-                );
-                let path = tokio::task::spawn_blocking(move || {
-                    download::http_download(&u, &dir, &st, &limits)
-                })
-                .await
-                .map_err(|e| Fail::Track(format!("download task failed: {e}")))?
-                .map_err(classify)?;
-                Downloaded {
-                    path,
-                    meta: None,
-                    source_url: url.to_string(),
-                }
-            }
-        }
-        None => {
-            let (artist, title) = (
-                d.artist.as_deref().unwrap_or(""),
-                d.title.as_deref().unwrap_or(""),
-            );
-            if artist.trim().is_empty() && title.trim().is_empty() {
-                return Err(Fail::Track(
-                    "job has neither youtube_url nor artist/title".into(),
-                ));
-            }
-            let query = format!("ytsearch1:\"{artist} {title} lyrics\"");
-            let got = ytdlp(ctx, &query, true, &stem).await;
-            blame_ytdlp(ctx, &query, got)?
-        }
+    let source = Source::of(d)?;
+    let got = {
+        let _flight = InFlight::start(ctx, job_id);
+        fetch_audio(ctx, &source, &stem).await?
     };
     let out = match ctx.pool.embed(got.path.clone(), false).await {
         Ok(out) => out,
@@ -341,13 +480,13 @@ async fn genre(ctx: &Ctx, g: &GenreJob) -> Result<Value, String> {
         .ok_or_else(|| download::DownloadError::NoYtDlp.to_string())?;
     let limit = g.limit.unwrap_or(0) as usize;
     let search = if limit > 0 { (limit * 3).min(200) } else { 100 };
+    let timeout = ctx.limits.ytdlp_timeout;
     let run = |args: Vec<String>| async move {
-        let out = ytdlp
-            .command()
-            .args(&args)
-            .kill_on_drop(true)
-            .output()
+        let mut cmd = ytdlp.command();
+        cmd.args(&args);
+        let out = tokio::time::timeout(timeout, crate::os::helper::output(cmd))
             .await
+            .map_err(|_| format!("yt-dlp failed: timed out after {} s", timeout.as_secs()))?
             .map_err(|e| format!("yt-dlp: {e}"))?;
         if !out.status.success() {
             return Err(format!(

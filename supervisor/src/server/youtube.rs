@@ -227,7 +227,9 @@ impl Breaker {
 /// with the old and new versions. A yt-dlp on `PATH` is someone else's: never touched.
 pub struct Updater {
     stamp: std::path::PathBuf,
-    busy: tokio::sync::Mutex<()>,
+    /// Held by the running update, which a stop does not cancel: pip killed midway can
+    /// leave the venv without yt-dlp ([`Updater::finish`] waits for it).
+    busy: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// How long `pip install --upgrade` may take.
@@ -237,7 +239,7 @@ impl Updater {
     pub fn new(state_dir: &std::path::Path) -> Updater {
         Updater {
             stamp: state_dir.join("ytdlp-updated"),
-            busy: tokio::sync::Mutex::new(()),
+            busy: Default::default(),
         }
     }
 
@@ -248,7 +250,7 @@ impl Updater {
             tracing::warn!(path = %ytdlp.path.display(), "yt-dlp looks outdated, and it is not in this worker's private environment, so it is left alone: update it (pip install --upgrade \"yt-dlp[default]\", or your package manager)");
             return false;
         };
-        let _one = self.busy.lock().await;
+        let one = std::sync::Arc::clone(&self.busy).lock_owned().await;
         let today = crate::date::iso(crate::date::today());
         if std::fs::read_to_string(&self.stamp).is_ok_and(|d| d.trim() == today) {
             tracing::debug!("yt-dlp was already updated (or tried) today");
@@ -257,18 +259,25 @@ impl Updater {
         let _ = std::fs::write(&self.stamp, &today);
         let old = ytdlp.version().await.unwrap_or_else(|| "unknown".into());
         tracing::warn!(%old, "yt-dlp looks outdated for YouTube: updating it in its private environment");
-        let run = tokio::process::Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--upgrade",
-                "yt-dlp[default]",
-            ])
-            .kill_on_drop(true)
-            .output();
-        match tokio::time::timeout(UPDATE_LIMIT, run).await {
+        let mut pip = tokio::process::Command::new(&python);
+        pip.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--upgrade",
+            "yt-dlp[default]",
+        ]);
+        // Its own task: a stop that cancels the download waiting for it lets it finish.
+        let run = tokio::spawn(async move {
+            let out = tokio::time::timeout(UPDATE_LIMIT, crate::os::helper::output(pip)).await;
+            drop(one);
+            out
+        });
+        let Ok(done) = run.await else {
+            return false;
+        };
+        match done {
             Ok(Ok(out)) if out.status.success() => {
                 let new = ytdlp.version().await.unwrap_or_else(|| "unknown".into());
                 tracing::warn!(%old, %new, "updated yt-dlp from {old} to {new}; trying the download again");
@@ -295,6 +304,14 @@ impl Updater {
                 );
                 false
             }
+        }
+    }
+
+    /// Waits for an update under way to end (at exit).
+    pub async fn finish(&self) {
+        if self.busy.try_lock().is_err() {
+            tracing::info!("waiting for the yt-dlp update under way to finish");
+            let _ = tokio::time::timeout(UPDATE_LIMIT, self.busy.lock()).await;
         }
     }
 }
