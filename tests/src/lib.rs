@@ -255,6 +255,33 @@ pub fn children_of(parent: u32) -> Vec<u32> {
     out
 }
 
+/// PIDs of the live processes (not zombies) whose process group is one of `groups`
+/// (Linux: /proc).
+#[cfg(target_os = "linux")]
+pub fn in_groups(groups: &[u32]) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        // f[0] = state, f[1] = ppid, f[2] = process group.
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 2 && f[0] != "Z" && groups.iter().any(|g| f[2] == g.to_string()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 /// The niceness of a process (Linux: /proc), `None` if it is gone.
 #[cfg(target_os = "linux")]
 pub fn nice_of(pid: u32) -> Option<i32> {

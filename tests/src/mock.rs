@@ -514,6 +514,15 @@ impl Mock {
             .map_or(0, |s| s.queue.len())
     }
 
+    /// Ids of the jobs queued in [`MockConfig::code`]'s session, in order.
+    pub fn queued_ids(&self) -> Vec<String> {
+        self.state()
+            .sessions
+            .get(&self.cfg.code)
+            .map(|s| s.queue.iter().map(|(id, _)| id.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Whether `code` has a session now.
     pub fn has_session(&self, code: &str) -> bool {
         self.state().sessions.contains_key(code)

@@ -801,7 +801,9 @@ async fn serve_connection(
             }
         }
         if p2() {
-            if *draining.borrow() && busy == 0 && !held {
+            // A hand-back settles the job before its `release` is read from `cmds`:
+            // send that first.
+            if *draining.borrow() && busy == 0 && !held && me.cmds.is_empty() {
                 let _ = sink.send(Message::Close(None)).await;
                 return Ended::Drained;
             }
