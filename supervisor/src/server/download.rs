@@ -153,7 +153,9 @@ pub enum DownloadError {
     NoYtDlp,
     #[error("yt-dlp failed: {0}")]
     YtDlp(String),
-    /// yt-dlp ended by a signal, with nothing on stderr to say why.
+    /// yt-dlp ended by a signal, with nothing on stderr to say why (Unix only: Windows
+    /// has no signals).
+    #[cfg_attr(not(unix), allow(dead_code))]
     #[error("yt-dlp failed: killed by signal {0}")]
     Killed(i32),
     #[error("download stalled: nothing written for {0} s (CHAARFM_DOWNLOAD_STALL_S)")]
