@@ -11,6 +11,8 @@ pub mod mock;
 #[cfg(target_os = "linux")]
 pub mod soak;
 pub mod wav;
+#[cfg(unix)]
+pub mod ytdlp;
 
 /// `../shared/corpus` beside this repository.
 pub fn corpus_dir() -> PathBuf {
@@ -228,58 +230,57 @@ pub fn read_records(path: &Path) -> Vec<chaarfm_shared::record::Record> {
         .collect()
 }
 
-/// PIDs of the live child processes of `parent` (Linux: from /proc).
+/// One process as /proc/<pid>/stat shows it.
 #[cfg(target_os = "linux")]
-pub fn children_of(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the command name (which may hold spaces) start after the last ')'.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // f[0] = state, f[1] = ppid; zombies are dead already.
-        if f.len() > 1 && f[1] == parent.to_string() && f[0] != "Z" {
-            out.push(pid);
-        }
-    }
-    out
+struct Proc {
+    pid: u32,
+    zombie: bool,
+    ppid: u32,
+    pgrp: u32,
 }
 
-/// PIDs of the live processes (not zombies) whose process group is one of `groups`
-/// (Linux: /proc).
+/// Every process (Linux: /proc).
+#[cfg(target_os = "linux")]
+fn processes() -> Vec<Proc> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // Fields after the command name (which may hold spaces) start after the
+            // last ')': state, ppid, process group.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(Proc {
+                pid,
+                zombie: *f.first()? == "Z",
+                ppid: f.get(1)?.parse().ok()?,
+                pgrp: f.get(2)?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// PIDs of the live child processes of `parent` (zombies are dead already).
+#[cfg(target_os = "linux")]
+pub fn children_of(parent: u32) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|p| p.ppid == parent && !p.zombie)
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// PIDs of the live processes whose process group is one of `groups`.
 #[cfg(target_os = "linux")]
 pub fn in_groups(groups: &[u32]) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        // f[0] = state, f[1] = ppid, f[2] = process group.
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() > 2 && f[0] != "Z" && groups.iter().any(|g| f[2] == g.to_string()) {
-            out.push(pid);
-        }
-    }
-    out
+    processes()
+        .into_iter()
+        .filter(|p| groups.contains(&p.pgrp) && !p.zombie)
+        .map(|p| p.pid)
+        .collect()
 }
 
 /// The niceness of a process (Linux: /proc), `None` if it is gone.

@@ -514,6 +514,18 @@ impl Mock {
             .map_or(0, |s| s.queue.len())
     }
 
+    /// Queues `n` YouTube jobs (`vid001`, `vid002`, ... in table `t`); returns their ids.
+    pub fn add_youtube_jobs(&self, n: usize) -> Vec<String> {
+        (1..=n)
+            .map(|i| {
+                self.add_job(
+                    json!({"artist": "A", "title": format!("song {i}"), "table_name": "t",
+                    "youtube_url": format!("https://www.youtube.com/watch?v=vid{i:03}")}),
+                )
+            })
+            .collect()
+    }
+
     /// Ids of the jobs queued in [`MockConfig::code`]'s session, in order.
     pub fn queued_ids(&self) -> Vec<String> {
         self.state()

@@ -10,100 +10,19 @@
 
 use std::collections::HashSet;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chaarfm_tests::mock::{Mock, MockConfig};
-use chaarfm_tests::{
-    binary, children_of, corpus_dir, in_groups, make_clips, wait_until, Spawned, TempDir,
-};
+use chaarfm_tests::ytdlp::FakeYtDlp;
+use chaarfm_tests::{binary, children_of, corpus_dir, in_groups, wait_until, Spawned, TempDir};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// How long a stopped worker may take to exit: embeddings in flight finish (seconds),
 /// the last results are proven delivered (3 s), the connections close (3 s).
 const DRAIN_BUDGET: Duration = Duration::from_secs(60);
-
-/// A fake yt-dlp in `dir`: its answer is `dir/mode` (`ok`; `slow:N`, writing a `.part`
-/// file in N steps of 0.2 s first; `silent:N`, printing and writing nothing for its
-/// first N calls of a video), `dir/mode-<id>` overriding it for one video. It records
-/// its pid in `dir/pids` and each call in `dir/calls-<id>`, and on SIGINT says what
-/// yt-dlp says.
-struct FakeYtDlp {
-    dir: PathBuf,
-}
-
-impl FakeYtDlp {
-    fn new(dir: &Path, clip: &Path) -> FakeYtDlp {
-        use std::os::unix::fs::PermissionsExt;
-        let script = format!(
-            r#"#!/bin/sh
-dir='{dir}'
-if [ "$1" = --version ]; then echo 2026.01.01; exit 0; fi
-echo $$ >> "$dir/pids"
-tmpl=''; target=''
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -o) tmpl="$2"; shift 2 ;;
-    --) target="$2"; shift; shift ;;
-    *) shift ;;
-  esac
-done
-id=$(printf '%s' "$target" | sed 's/.*v=//')
-echo x >> "$dir/calls-$id"
-mode=$(cat "$dir/mode")
-[ -f "$dir/mode-$id" ] && mode=$(cat "$dir/mode-$id")
-trap 'echo "ERROR: Interrupted by user" >&2; exit 1' INT
-dest=$(printf '%s' "$tmpl" | sed 's/%(ext)s/wav/')
-case "$mode" in
-  silent:*)
-    if [ "$(wc -l < "$dir/calls-$id")" -le "${{mode#silent:}}" ]; then sleep 600; exit 1; fi ;;
-  slow:*)
-    i=0
-    while [ "$i" -lt "${{mode#slow:}}" ]; do
-      head -c 4096 /dev/zero >> "$dest.part"; sleep 0.2; i=$((i+1))
-    done
-    rm -f "$dest.part" ;;
-esac
-cp '{clip}' "$dest"
-printf '{{"id": "%s", "title": "t %s", "webpage_url": "%s", "requested_downloads": [{{"filepath": "%s"}}]}}\n' "$id" "$id" "$target" "$dest"
-"#,
-            dir = dir.display(),
-            clip = clip.display()
-        );
-        let bin = dir.join("yt-dlp");
-        std::fs::write(&bin, script).unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let f = FakeYtDlp {
-            dir: dir.to_path_buf(),
-        };
-        f.answer("ok");
-        f
-    }
-
-    fn answer(&self, mode: &str) {
-        std::fs::write(self.dir.join("mode"), mode).unwrap();
-    }
-
-    fn answer_for(&self, id: &str, mode: &str) {
-        std::fs::write(self.dir.join(format!("mode-{id}")), mode).unwrap();
-    }
-
-    /// Pids of every run so far.
-    fn pids(&self) -> Vec<u32> {
-        std::fs::read_to_string(self.dir.join("pids"))
-            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default()
-    }
-
-    fn calls_for(&self, id: &str) -> usize {
-        std::fs::read_to_string(self.dir.join(format!("calls-{id}")))
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
-    }
-}
 
 struct Setup {
     mock: Mock,
@@ -120,20 +39,10 @@ fn setup(label: &str, jobs: usize) -> Setup {
 
 fn setup_with(label: &str, jobs: usize, cfg: MockConfig) -> Setup {
     let tmp = TempDir::new(label);
-    let bin = tmp.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let clips = make_clips(tmp.path(), 1);
-    let ytdlp = FakeYtDlp::new(&bin, &clips[0]);
+    let ytdlp = FakeYtDlp::in_venv(tmp.path());
     let mock = Mock::start(cfg);
     mock.hold_ui(true);
-    let ids = (1..=jobs)
-        .map(|n| {
-            mock.add_job(
-                json!({"artist": "A", "title": format!("song {n}"), "table_name": "t",
-                "youtube_url": format!("https://www.youtube.com/watch?v=vid{n:03}")}),
-            )
-        })
-        .collect();
+    let ids = mock.add_youtube_jobs(jobs);
     Setup {
         mock,
         ytdlp,

@@ -4,109 +4,18 @@
 //! yt-dlp runs) answers with yt-dlp's real messages, chosen by a file beside it.
 #![cfg(target_os = "linux")]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use chaarfm_tests::mock::{Mock, MockConfig};
-use chaarfm_tests::{binary, corpus_dir, make_clips, stop, wait_until, Spawned, TempDir};
-use serde_json::{json, Value};
+use chaarfm_tests::ytdlp::FakeYtDlp;
+use chaarfm_tests::{binary, corpus_dir, stop, wait_until, Spawned, TempDir};
+use serde_json::Value;
 
 const BOT: &str = "ERROR: [youtube] @ID@: Sign in to confirm you\u{2019}re not a bot. Use --cookies-from-browser or --cookies for the authentication. See  https://github.com/yt-dlp/yt-dlp/wiki/FAQ#how-do-i-pass-cookies-to-yt-dlp  for how to manually pass cookies.";
 const PRIVATE: &str = "ERROR: [youtube] @ID@: Private video. Sign in if you've been granted access to this video. Use --cookies-from-browser or --cookies for the authentication.";
 const UNKNOWN: &str = "ERROR: [youtube] @ID@: The flux capacitor answered 7";
-
-/// A fake yt-dlp in `dir` (the `bin` of a venv, as the worker's private one is): it
-/// answers as `dir/mode` says (`ok`, or an error line to print), `dir/fail-<id>`
-/// overrides it for one video, and on `ok` it "downloads" `clip` to the `-o` template
-/// and prints yt-dlp's JSON; `--version` prints `dir/version`.
-struct FakeYtDlp {
-    dir: PathBuf,
-}
-
-impl FakeYtDlp {
-    fn new(dir: &Path, clip: &Path) -> FakeYtDlp {
-        use std::os::unix::fs::PermissionsExt;
-        let script = format!(
-            r#"#!/bin/sh
-dir='{dir}'
-if [ "$1" = --version ]; then cat "$dir/version"; exit 0; fi
-echo "$@" >> "$dir/calls.log"
-tmpl=''; target=''
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -o) tmpl="$2"; shift 2 ;;
-    --) target="$2"; shift; shift ;;
-    *) shift ;;
-  esac
-done
-id=$(printf '%s' "$target" | sed 's/.*v=//')
-mode=$(cat "$dir/mode")
-[ -f "$dir/fail-$id" ] && mode=$(cat "$dir/fail-$id")
-if [ "$mode" != ok ]; then
-  printf '%s\n' "$mode" | sed "s/@ID@/$id/" >&2
-  exit 1
-fi
-dest=$(printf '%s' "$tmpl" | sed 's/%(ext)s/wav/')
-cp '{clip}' "$dest"
-printf '{{"id": "%s", "title": "t %s", "webpage_url": "%s", "requested_downloads": [{{"filepath": "%s"}}]}}\n' "$id" "$id" "$target" "$dest"
-"#,
-            dir = dir.display(),
-            clip = clip.display()
-        );
-        let bin = dir.join("yt-dlp");
-        std::fs::write(&bin, script).unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::write(dir.join("version"), "2024.01.01").unwrap();
-        if let Some(venv) = dir.parent() {
-            std::fs::write(venv.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
-        }
-        let f = FakeYtDlp {
-            dir: dir.to_path_buf(),
-        };
-        f.answer("ok");
-        f
-    }
-
-    /// A fake `python3` beside it, whose `-m pip install --upgrade` is recorded and
-    /// "updates" yt-dlp: its version changes and it answers `ok` from then on.
-    fn with_pip(&self) {
-        use std::os::unix::fs::PermissionsExt;
-        let script = format!(
-            "#!/bin/sh\necho \"$@\" >> '{d}/pip.log'\necho ok > '{d}/mode'\necho 2026.12.01 > '{d}/version'\n",
-            d = self.dir.display()
-        );
-        let bin = self.dir.join("python3");
-        std::fs::write(&bin, script).unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-
-    fn pip_calls(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("pip.log"))
-            .map(|t| t.lines().map(str::to_string).collect())
-            .unwrap_or_default()
-    }
-
-    fn call_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("calls.log")).unwrap_or_default()
-    }
-
-    /// From now on, every call answers `mode` (`ok`, or an error text with `@ID@`).
-    fn answer(&self, mode: &str) {
-        std::fs::write(self.dir.join("mode"), mode).unwrap();
-    }
-
-    /// Video `id` always answers `mode`.
-    fn answer_for(&self, id: &str, mode: &str) {
-        std::fs::write(self.dir.join(format!("fail-{id}")), mode).unwrap();
-    }
-
-    fn calls(&self) -> usize {
-        std::fs::read_to_string(self.dir.join("calls.log"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
-    }
-}
 
 struct Setup {
     mock: Mock,
@@ -117,19 +26,9 @@ struct Setup {
 
 fn setup(label: &str, jobs: usize) -> Setup {
     let tmp = TempDir::new(label);
-    let bin = tmp.join("venv/bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let clips = make_clips(&tmp.join("venv"), 1);
-    let ytdlp = FakeYtDlp::new(&bin, &clips[0]);
+    let ytdlp = FakeYtDlp::in_venv(tmp.path());
     let mock = Mock::start(MockConfig::new(corpus_dir()));
-    let ids = (1..=jobs)
-        .map(|n| {
-            mock.add_job(
-                json!({"artist": "A", "title": format!("song {n}"), "table_name": "t",
-                "youtube_url": format!("https://www.youtube.com/watch?v=vid{n:03}")}),
-            )
-        })
-        .collect();
+    let ids = mock.add_youtube_jobs(jobs);
     Setup {
         mock,
         ytdlp,
