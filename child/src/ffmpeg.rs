@@ -13,7 +13,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 
-use crate::decode::DecodeError;
+use crate::formats::DecodeError;
 
 /// Longest audio decoded through ffmpeg (a 10-hour file is not a track).
 pub const MAX_SECONDS: u64 = 4 * 3600;

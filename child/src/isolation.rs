@@ -1,6 +1,8 @@
 //! What a child does to itself before serving (Unix): die with the supervisor, never dump
 //! core, never gain privileges. Done in the child after exec, so the supervisor needs no
 //! `unsafe` pre-exec hook.
+//!
+//! The child's platform module: its `cfg`s are the hardening each platform offers.
 
 /// Hardens the current process as a child of `parent_pid`. Returns an error message when
 /// the parent is already gone (the child must then exit).

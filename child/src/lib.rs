@@ -6,6 +6,7 @@ pub mod decode;
 pub mod fault;
 pub mod features;
 pub mod ffmpeg;
+pub mod formats;
 pub mod graph;
 pub mod infer;
 pub mod isolation;

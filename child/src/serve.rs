@@ -29,6 +29,7 @@ pub struct ServeArgs {
 
 /// The local-socket name for `s`: a file path on Unix, a named pipe on Windows.
 pub fn socket_name(s: &str) -> std::io::Result<Name<'_>> {
+    // Platform code here by nature: a socket is a path on Unix, a pipe name on Windows.
     #[cfg(unix)]
     {
         use interprocess::local_socket::GenericFilePath;

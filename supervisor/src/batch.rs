@@ -51,7 +51,7 @@ where
             _ = signals.next() => {
                 if out.interrupted {
                     crate::logging::eprint("chaarfm-super: second interrupt, stopping now\n");
-                    crate::os::exit_now(130);
+                    crate::signals::exit_now(130);
                 }
                 out.interrupted = true;
                 intake = false;

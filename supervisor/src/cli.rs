@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::logging::LogFormat;
 use crate::sizing::{DeviceChoice, Workers};
 
 #[derive(Debug, Parser)]
@@ -60,7 +61,7 @@ pub struct ConnectArgs {
 
     /// Serve Prometheus metrics at /metrics and a health check at /healthz on HOST:PORT
     /// (a bare port: loopback only). Off by default.
-    #[arg(long, value_name = "ADDR", value_parser = crate::server::metrics::parse_addr)]
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub metrics: Option<std::net::SocketAddr>,
 
     /// A cookies.txt of a browser signed in to YouTube, for machines YouTube asks to sign
@@ -154,12 +155,6 @@ pub struct ServerArgs {
 pub enum Lanes {
     Auto,
     Off,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -353,11 +348,28 @@ pub struct ChildArgs {
     pub nice: i32,
 }
 
+/// `--metrics` value: `HOST:PORT`, or a bare port on loopback.
+pub fn parse_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().map_err(|_| {
+        format!("`{s}` is not HOST:PORT or a port (e.g. 127.0.0.1:9464, or 9464 for loopback)")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::pool::proc::ChildCommand;
     use crate::pool::ChildSpec;
+
+    #[test]
+    fn a_port_alone_means_loopback() {
+        assert_eq!(parse_addr("9464").unwrap().to_string(), "127.0.0.1:9464");
+        assert_eq!(parse_addr("0.0.0.0:80").unwrap().to_string(), "0.0.0.0:80");
+        assert!(parse_addr("localhost").unwrap_err().contains("HOST:PORT"));
+    }
 
     #[test]
     fn the_child_command_line_round_trips_through_the_parser() {

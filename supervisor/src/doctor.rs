@@ -521,7 +521,7 @@ async fn server_checks(base: &str, code: Option<&str>) -> Vec<Check> {
 /// sent meanwhile goes back to its queue when the connection closes).
 async fn pairing_check(url: &str, base: &str, code: &str) -> Check {
     use tokio_tungstenite::tungstenite::Error;
-    let masked = server::mask(code);
+    let masked = server::names::mask(code);
     match tokio::time::timeout(PROBE_TIMEOUT, tokio_tungstenite::connect_async(url)).await {
         Ok(Ok((mut ws, _))) => {
             let _ = ws.close(None).await;

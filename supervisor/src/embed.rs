@@ -12,7 +12,8 @@ use chaarfm_shared::ipc::JobOutput;
 use chaarfm_shared::record::{FileStamp, JsonPath, Record, TagScore};
 
 use crate::cli::EmbedArgs;
-use crate::{batch, launch, Outcome};
+use crate::exit::Exit;
+use crate::{batch, launch};
 
 /// Why a named input is refused before it reaches a child (`None`: a regular file).
 pub fn refuse_input(path: &Path) -> Option<String> {
@@ -27,7 +28,7 @@ pub fn refuse_input(path: &Path) -> Option<String> {
 }
 
 /// Runs `embed`.
-pub async fn run(args: &EmbedArgs, model_path: Option<&Path>) -> anyhow::Result<Outcome> {
+pub async fn run(args: &EmbedArgs, model_path: Option<&Path>) -> anyhow::Result<Exit> {
     let mut results: Vec<Option<Record>> = vec![None; args.files.len()];
     let mut todo = Vec::new();
     for (i, f) in args.files.iter().enumerate() {
@@ -70,11 +71,7 @@ pub async fn run(args: &EmbedArgs, model_path: Option<&Path>) -> anyhow::Result<
         }
     }
     printer.print_ready(&results)?;
-    Ok(if all_ok {
-        Outcome::Ok
-    } else {
-        Outcome::SomeFailed
-    })
+    Ok(if all_ok { Exit::Ok } else { Exit::SomeFailed })
 }
 
 /// Prints the finished prefix of the results, so output order is input order.

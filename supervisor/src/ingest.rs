@@ -15,7 +15,8 @@ use anyhow::Context;
 use chaarfm_shared::record::{done_files, FileStamp, JsonPath};
 
 use crate::cli::IngestArgs;
-use crate::{batch, embed, launch, Outcome};
+use crate::exit::Exit;
+use crate::{batch, embed, launch};
 
 /// Audio files under `paths`, in a stable order, each file once however it was reached
 /// (`d ./d /abs/d` name one folder). Symlinked folders are not followed (no loops);
@@ -175,7 +176,7 @@ impl Progress {
 
 /// Runs `ingest`. Returns normally after a drain too (exit 0); a pool stop is an error
 /// (exit 2) that leaves the files not done for the rerun.
-pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result<Outcome> {
+pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result<Exit> {
     check_out(&args.out)?;
     let files = walk(&args.paths);
     let (done_before, needs_newline) = already_done(&args.out)?;
@@ -211,7 +212,7 @@ pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result
             "ingest: nothing to do ({skipped} file(s) already in {})\n",
             args.out.display()
         ));
-        return Ok(Outcome::Ok);
+        return Ok(Exit::Ok);
     }
 
     let state_dir = crate::os::default_state_dir();
@@ -273,7 +274,7 @@ pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result
     if let Some(stop) = collected.stopped {
         anyhow::bail!("{stop} ({} file(s) left for the next run)", collected.left);
     }
-    Ok(Outcome::Ok)
+    Ok(Exit::Ok)
 }
 
 /// Appends result lines on a blocking thread: a slow or stuck disk never stalls the

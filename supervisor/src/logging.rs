@@ -19,7 +19,12 @@ use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
 
 /// Lines held for a slow reader before dropping starts (~1 MB at ~140 B a line).
 const QUEUE_LINES: usize = 8192;

@@ -5,6 +5,7 @@ mod cli;
 mod date;
 mod doctor;
 mod embed;
+mod exit;
 mod ingest;
 mod launch;
 mod logging;
@@ -18,6 +19,8 @@ mod sizing;
 use std::process::ExitCode;
 
 use clap::Parser;
+
+use exit::Exit;
 
 use cli::{Cli, Command};
 
@@ -63,9 +66,9 @@ fn main() -> ExitCode {
             Some(Command::Doctor(args)) => {
                 doctor::run(args, cli.model.as_deref()).await.map(|code| {
                     if code == 0 {
-                        Outcome::Ok
+                        Exit::Ok
                     } else {
-                        Outcome::SomeFailed
+                        Exit::SomeFailed
                     }
                 })
             }
@@ -84,9 +87,9 @@ fn main() -> ExitCode {
     os::helper::kill_all();
     os::remove_runtime_dir();
     let code = match result {
-        Ok(Outcome::Ok) => 0,
-        Ok(Outcome::SomeFailed) => 1,
-        Ok(Outcome::Lost(n)) => {
+        Ok(Exit::Ok) => 0,
+        Ok(Exit::SomeFailed) => 1,
+        Ok(Exit::Lost(n)) => {
             logging::eprint(&format!(
                 "error: {n} result(s) could be neither delivered nor saved (see above)\n"
             ));
@@ -108,21 +111,8 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// How a command ended, for the exit status (errors are 2).
-pub enum Outcome {
-    /// Everything done: 0.
-    Ok,
-    /// Some files failed (`embed`): 1.
-    SomeFailed,
-    /// Results that could be neither delivered nor saved: 3.
-    Lost(usize),
-}
-
 /// Connect mode: the pairing code from the flag, the environment, or a prompt.
-async fn connect(
-    args: &cli::ConnectArgs,
-    model: Option<&std::path::Path>,
-) -> anyhow::Result<Outcome> {
+async fn connect(args: &cli::ConnectArgs, model: Option<&std::path::Path>) -> anyhow::Result<Exit> {
     use std::io::IsTerminal;
     let code = match args.server.code.clone().filter(|c| !c.trim().is_empty()) {
         Some(c) => c.trim().to_string(),

@@ -1,5 +1,8 @@
 //! Ctrl-C and SIGTERM (Windows: Ctrl-C, Ctrl-Break, the console closing, logoff and
 //! system shutdown) as one stream of "please stop" events.
+//!
+//! Platform code by nature (each platform has its own stop requests), so its `cfg`s
+//! stay here rather than in `os`.
 
 /// Made before the supervisor takes its state-dir lock, so that a stop request during
 /// start-up is kept and honoured (a clean exit), not the signal's default (killed).
@@ -53,4 +56,13 @@ impl Signals {
         #[cfg(not(any(unix, windows)))]
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// The second stop request: exits now. Helpers are killed and the runtime directory goes
+/// first, then the log is flushed.
+pub fn exit_now(code: i32) -> ! {
+    crate::os::helper::kill_all();
+    crate::os::remove_runtime_dir();
+    crate::logging::flush();
+    std::process::exit(code)
 }

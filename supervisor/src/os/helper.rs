@@ -5,7 +5,7 @@
 //! them itself on every way out:
 //! - a helper whose future is dropped (cancelled, timed out, stalled) has its whole group
 //!   killed (yt-dlp starts deno and ffmpeg);
-//! - [`kill_all`] kills every helper still running (`os::exit_now`, a second Ctrl-C);
+//! - [`kill_all`] kills every helper still running (`signals::exit_now`, a second Ctrl-C);
 //! - Linux: PR_SET_PDEATHSIG, so a helper dies with a supervisor killed outright;
 //!   Windows: the Job Object (`os::contain_children`) holds them too. macOS has neither:
 //!   a supervisor killed with SIGKILL leaves a running download to finish on its own.

@@ -142,14 +142,6 @@ pub fn remove_runtime_dir() {
     }
 }
 
-/// Exits now (second Ctrl-C): helpers are killed and the runtime directory goes first.
-pub fn exit_now(code: i32) -> ! {
-    helper::kill_all();
-    remove_runtime_dir();
-    crate::logging::flush();
-    std::process::exit(code)
-}
-
 /// The lock that keeps one supervisor per state dir, held for the process's life.
 #[derive(Debug)]
 pub struct StateLock {

@@ -203,6 +203,7 @@ pub fn reassign(attempts: &mut Attempts, cause: &Cause) -> Verdict {
 
 /// `SIGSEGV` etc. (nix's names on Unix); the number otherwise.
 pub fn signal_name(s: i32) -> String {
+    // Platform code here by nature: signal names exist on Unix only.
     #[cfg(unix)]
     if let Ok(sig) = nix::sys::signal::Signal::try_from(s) {
         return sig.as_str().to_string();

@@ -389,6 +389,7 @@ fn ending(status: std::io::Result<std::process::ExitStatus>) -> Ending {
     if let Some(code) = status.code() {
         return Ending::Exit(code);
     }
+    // Platform code here by nature: only Unix exit statuses carry a signal.
     #[cfg(unix)]
     {
         use std::os::unix::process::ExitStatusExt;

@@ -741,6 +741,7 @@ fn ytdlp_failure(out: &std::process::Output) -> DownloadError {
     if let Some(last) = err.lines().rev().find(|l| !l.trim().is_empty()) {
         return DownloadError::YtDlp(last.trim().to_string());
     }
+    // Platform code here by nature: only Unix exit statuses carry a signal.
     #[cfg(unix)]
     if let Some(sig) = std::os::unix::process::ExitStatusExt::signal(&out.status) {
         return DownloadError::Killed(sig);

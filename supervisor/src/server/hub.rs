@@ -23,14 +23,25 @@ use std::sync::Arc;
 use chaarfm_shared::server::{JobResult, Outcome, ServerJob, WorkerMsg};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::intake::{pause, pause_youtube, Intake};
 use super::outbox::{Entry, Outbox};
 use super::work::{End, LocalFault, LocalKind};
-use super::{pause, pause_youtube, Intake, LaneCmd};
 
 /// A job that failed locally this many times on the session's last connection is handed
 /// back all the same (closing that connection), so a job that always fails locally
 /// cannot loop.
 const MAX_LOCAL_RETRIES: u32 = 3;
+
+use super::outbox::Entry as OutboxEntry;
+
+/// What the work tasks tell a lane.
+#[derive(Debug)]
+pub enum LaneCmd {
+    /// A stored result to send.
+    Result(OutboxEntry),
+    /// A job not done for a local fault: release it (protocol 2) or close (today's server).
+    HandBack { job_id: String, reason: String },
+}
 
 /// Runs one job to its end (the real one downloads and embeds: `work::run`).
 pub type Runner = Arc<dyn Fn(ServerJob) -> Pin<Box<dyn Future<Output = End> + Send>> + Send + Sync>;

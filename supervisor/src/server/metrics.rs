@@ -16,24 +16,14 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::ctx::Ctx;
 use super::hub::Hub;
 use super::status::{snapshot, Snapshot};
-use super::Ctx;
 
 /// A request head larger than this is refused (nothing we serve needs more).
 const MAX_REQUEST: usize = 8 * 1024;
 /// A client that sends nothing for this long is dropped.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `--metrics` value: `HOST:PORT`, or a bare port on loopback.
-pub fn parse_addr(s: &str) -> Result<std::net::SocketAddr, String> {
-    if let Ok(port) = s.parse::<u16>() {
-        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
-    }
-    s.parse().map_err(|_| {
-        format!("`{s}` is not HOST:PORT or a port (e.g. 127.0.0.1:9464, or 9464 for loopback)")
-    })
-}
 
 type Labels = Vec<(String, String)>;
 
@@ -217,13 +207,6 @@ async fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_port_alone_means_loopback() {
-        assert_eq!(parse_addr("9464").unwrap().to_string(), "127.0.0.1:9464");
-        assert_eq!(parse_addr("0.0.0.0:80").unwrap().to_string(), "0.0.0.0:80");
-        assert!(parse_addr("localhost").unwrap_err().contains("HOST:PORT"));
-    }
 
     #[test]
     fn the_metrics_are_the_status_line_figures() {

@@ -20,9 +20,11 @@
 //!   connection on purpose (`Hub::may_close`): while paused one stays open, and a job
 //!   that arrives on it is held until intake reopens.
 
+pub mod ctx;
 pub mod download;
 pub mod guard;
 pub mod hub;
+pub mod intake;
 pub mod metrics;
 pub mod names;
 pub mod outbox;
@@ -31,7 +33,7 @@ pub mod stopping;
 pub mod work;
 pub mod youtube;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,11 +44,14 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::exit::Exit;
 use crate::pool::Pool;
 use crate::signals::Signals;
-use crate::Outcome;
-use hub::{Hub, LaneHandle, LaneView};
-use outbox::{Entry, Outbox};
+use ctx::Ctx;
+use hub::{Hub, LaneCmd, LaneHandle, LaneView};
+use intake::Intake;
+use names::mask;
+use outbox::Outbox;
 
 /// Draining: how long to wait for the server's answer to our close, which shows it
 /// received every frame sent before it.
@@ -80,12 +85,6 @@ pub struct Options {
     pub metrics: Option<std::net::SocketAddr>,
     /// `--cookies FILE` for yt-dlp (checked private at start).
     pub cookies: Option<PathBuf>,
-}
-
-/// The pairing code as logs may show it: first two characters only.
-pub fn mask(code: &str) -> String {
-    let head: String = code.chars().take(2).collect();
-    format!("{head}***")
 }
 
 /// `{base}/ws/remote/{code}/worker` with http(s) -> ws(s).
@@ -146,117 +145,6 @@ impl Backoff {
         }
         self.next_delay()
     }
-}
-
-/// Whether the worker takes jobs.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Intake {
-    Open,
-    /// The state dir cannot be written: jobs are handed back until a probe succeeds.
-    Paused(String),
-    /// YouTube refuses this machine: backing off (`server::recover_youtube`).
-    YouTube(String),
-    /// The back-off ended: one job runs to see whether YouTube takes this machine again
-    /// (today's server; protocol 2 simply reopens).
-    Probe,
-}
-
-impl Intake {
-    /// The reason a paused intake gives (protocol 2's `pause`).
-    pub fn reason(&self) -> Option<&str> {
-        match self {
-            Intake::Open => None,
-            Intake::Paused(r) | Intake::YouTube(r) => Some(r),
-            Intake::Probe => Some("trying one job to see whether YouTube works again"),
-        }
-    }
-
-    /// The `reason` label of `chaarfm_paused`, when paused.
-    pub fn label(&self) -> Option<&'static str> {
-        match self {
-            Intake::Open => None,
-            Intake::Paused(_) => Some("disk"),
-            Intake::YouTube(_) | Intake::Probe => Some("youtube"),
-        }
-    }
-}
-
-/// What the work tasks tell a lane.
-#[derive(Debug)]
-pub enum LaneCmd {
-    /// A stored result to send.
-    Result(Entry),
-    /// A job not done for a local fault: release it (protocol 2) or close (today's server).
-    HandBack { job_id: String, reason: String },
-}
-
-/// What the lanes, the hub and the job tasks share: settings and published state
-/// (`watch`es). What changes per job is the hub's alone (`server::hub`).
-pub struct Ctx {
-    pub pool: Pool,
-    pub outbox: Arc<Outbox>,
-    pub limits: download::Limits,
-    pub ytdlp: Option<download::YtDlp>,
-    pub tmp: PathBuf,
-    /// Unknown yt-dlp errors in a row (`youtube::Breaker`).
-    pub breaker: std::sync::Mutex<youtube::Breaker>,
-    /// Updates a stale yt-dlp of our own venv (`youtube::Updater`).
-    pub updater: youtube::Updater,
-    /// Downloads in flight: job id -> when it started (the status line shows their age).
-    pub downloads: std::sync::Mutex<HashMap<String, Instant>>,
-    url: String,
-    masked_url: String,
-    /// The pairing code as logs and errors may show it.
-    masked_code: String,
-    base: String,
-    /// Set once, by the first stop request: the one flag `server::stopping` reads.
-    draining: watch::Sender<bool>,
-    intake: Arc<watch::Sender<Intake>>,
-    /// `Some(slots)` once a server said `welcome`: protocol 2.
-    welcome: watch::Sender<Option<usize>>,
-    /// Whether any lane is connected: written by the hub only.
-    connected: Arc<watch::Sender<bool>>,
-    fatal: watch::Sender<Option<String>>,
-    /// Children + 1: the next download overlaps inference.
-    slots: usize,
-}
-
-impl Ctx {
-    fn paused(&self) -> bool {
-        *self.intake.borrow() != Intake::Open
-    }
-
-    fn protocol2(&self) -> bool {
-        self.welcome.borrow().is_some()
-    }
-}
-
-/// Stops intake for a local fault; logged once per change of state.
-pub fn pause(intake: &watch::Sender<Intake>, reason: String) {
-    intake.send_if_modified(|i| {
-        if *i == Intake::Open {
-            tracing::error!(%reason, "pausing: no new jobs until the state dir can be written again (jobs are handed back to the server, not failed)");
-            *i = Intake::Paused(reason);
-            true
-        } else {
-            false
-        }
-    });
-}
-
-/// Stops intake because YouTube refuses this machine (or resumes the back-off after a
-/// failed probe); logged once per pause. A disk pause stays as it is.
-pub fn pause_youtube(intake: &watch::Sender<Intake>, reason: String) {
-    intake.send_if_modified(|i| match i {
-        Intake::Open | Intake::Probe => {
-            if *i == Intake::Open {
-                tracing::error!(%reason, "pausing: YouTube refuses this machine; no new jobs for a while (jobs are handed back to the server, not failed)");
-            }
-            *i = Intake::YouTube(reason);
-            true
-        }
-        _ => false,
-    });
 }
 
 /// The first wait of a YouTube pause (`CHAARFM_YOUTUBE_BACKOFF_S`, default 5 min); it
@@ -374,7 +262,7 @@ pub async fn run(
     pool: Pool,
     children: usize,
     mut signals: Signals,
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<Exit> {
     let url = worker_url(&opts.base, &opts.code)?;
     let masked_url = url.replace(
         &format!("/{}/", opts.code),
@@ -515,7 +403,7 @@ pub async fn run(
             _ = signals.next() => {
                 if *ctx.draining.borrow() {
                     crate::logging::eprint("chaarfm-super: second interrupt, stopping now\n");
-                    crate::os::exit_now(130);
+                    crate::signals::exit_now(130);
                 }
                 tracing::warn!("stopping: no new jobs or connections; downloads in flight are cancelled and their jobs handed back to the server, embeddings in flight finish and their results are sent (interrupt again to stop now)");
                 if !ctx.protocol2() {
@@ -580,11 +468,7 @@ pub async fn run(
     if let Some(msg) = stopped {
         anyhow::bail!("{msg}");
     }
-    Ok(if lost > 0 {
-        Outcome::Lost(lost)
-    } else {
-        Outcome::Ok
-    })
+    Ok(if lost > 0 { Exit::Lost(lost) } else { Exit::Ok })
 }
 
 async fn spawn_lane(ctx: &Arc<Ctx>, hub: &Hub, set: &mut tokio::task::JoinSet<()>) {

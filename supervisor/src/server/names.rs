@@ -33,6 +33,12 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The pairing code as logs may show it: first two characters only.
+pub fn mask(code: &str) -> String {
+    let head: String = code.chars().take(2).collect();
+    format!("{head}***")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,7 +42,7 @@ pub fn destination(server: &str, code: &str) -> Destination {
     h.update([0u8]);
     h.update(code.as_bytes());
     Destination {
-        code: super::mask(code),
+        code: super::names::mask(code),
         id: hex(&h.finalize()),
         server,
     }

@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::ctx::Ctx;
 use super::hub::{Hub, Summary};
-use super::Ctx;
 
 /// How often the status line is logged.
 pub const EVERY: Duration = Duration::from_secs(60);

@@ -9,8 +9,9 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use super::ctx::Ctx;
 use super::download::{self, DownloadError, Downloaded};
-use super::{stopping, Ctx};
+use super::stopping;
 
 /// Why a job was not done: the track's fault (reported failed) or this machine's
 /// (handed back to the server, never reported failed).
