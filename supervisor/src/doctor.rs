@@ -227,7 +227,7 @@ async fn ytdlp_checks(ytdlp: Option<YtDlp>, today: i64) -> Vec<Check> {
             "not found: YouTube jobs would fail. Run the bundle's install.sh (or scripts/setup.sh in a checkout), or `pip install \"yt-dlp[default]\" deno`, or set CHAARFM_YTDLP",
         )];
     };
-    let version = match run_version(&y.path, &["--version"]).await {
+    let version = match y.version().await {
         Ok(v) => v,
         Err(e) => {
             return vec![check(
@@ -347,31 +347,32 @@ const YOUTUBE_PROBE: &str = "ytsearch1:music";
 /// YouTube answers this machine, and if not, whose fault and what helps
 /// (`server::youtube`). A warning at worst: direct audio URLs work without YouTube.
 async fn youtube_check(ytdlp: Option<&YtDlp>, query: &str) -> Check {
+    use crate::server::download::RunError;
     use crate::server::youtube::{classify, Verdict};
     let Some(y) = ytdlp else {
         return check("youtube", Status::Skip, "no yt-dlp to ask YouTube with");
     };
-    let run = y
-        .command()
-        .args([
-            "--skip-download",
-            "--dump-json",
-            "--no-warnings",
-            "--no-playlist",
-        ])
-        .args(["--socket-timeout", "15", "--retries", "1", "--"])
-        .arg(query)
-        .kill_on_drop(true)
-        .output();
+    let args = [
+        "--skip-download",
+        "--dump-json",
+        "--no-warnings",
+        "--no-playlist",
+        "--socket-timeout",
+        "15",
+        "--retries",
+        "1",
+        "--",
+        query,
+    ];
     let out =
-        match tokio::time::timeout(Duration::from_secs(90), run).await {
-            Ok(Ok(out)) => out,
-            Ok(Err(e)) => return check("youtube", Status::Warn, format!("cannot run yt-dlp: {e}")),
-            Err(_) => return check(
+        match y.run(args, Duration::from_secs(90)).await {
+            Ok(out) => out,
+            Err(RunError::TimedOut(_)) => return check(
                 "youtube",
                 Status::Warn,
                 "a YouTube search took over 90 s: the network is slow or YouTube does not answer",
             ),
+            Err(e) => return check("youtube", Status::Warn, format!("cannot run yt-dlp: {e}")),
         };
     if out.status.success() {
         return check(
@@ -486,16 +487,9 @@ async fn server_checks(base: &str, code: Option<&str>) -> Vec<Check> {
         Err(e) => return vec![check("server", Status::Fail, e.to_string())],
     };
     let base = base.trim_end_matches('/').to_string();
-    let keepalive = format!("{base}/api/keepalive");
-    let got = tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(PROBE_TIMEOUT))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        agent.get(&keepalive).call().map(|r| r.status().as_u16())
-    })
-    .await;
+    let b = base.clone();
+    let got =
+        tokio::task::spawn_blocking(move || server::probe::keepalive(&b, PROBE_TIMEOUT)).await;
     let reach = match got {
         Ok(Ok(s)) if (200..300).contains(&s) => {
             check("server", Status::Ok, format!("{base} reachable"))
@@ -520,10 +514,10 @@ async fn server_checks(base: &str, code: Option<&str>) -> Vec<Check> {
 /// The handshake alone: no hello, and closed before any job is worked (a job the server
 /// sent meanwhile goes back to its queue when the connection closes).
 async fn pairing_check(url: &str, base: &str, code: &str) -> Check {
-    use tokio_tungstenite::tungstenite::Error;
+    use server::probe::Handshake;
     let masked = server::names::mask(code);
-    match tokio::time::timeout(PROBE_TIMEOUT, tokio_tungstenite::connect_async(url)).await {
-        Ok(Ok((mut ws, _))) => {
+    match server::probe::handshake(url, base, &masked).await {
+        Ok(mut ws) => {
             let _ = ws.close(None).await;
             check(
                 "pairing",
@@ -531,24 +525,19 @@ async fn pairing_check(url: &str, base: &str, code: &str) -> Check {
                 format!("code {masked} accepted (connected and closed; no job taken)"),
             )
         }
-        Ok(Err(Error::Http(resp))) => {
-            let status = resp.status().as_u16();
-            let detail = if status == 401 || status == 403 {
-                format!("the server refused code {masked} (HTTP {status}): check --code against the /ingest page")
-            } else {
-                format!("{base} answered HTTP {status} to the worker endpoint: check --url")
-            };
-            check("pairing", Status::Fail, detail)
-        }
-        Ok(Err(e)) => check(
+        Err(Handshake::Refused(r)) => check("pairing", Status::Fail, r.message),
+        Err(Handshake::Failed(e)) => check(
             "pairing",
             Status::Fail,
             format!("worker connection failed: {e}"),
         ),
-        Err(_) => check(
+        Err(Handshake::TimedOut) => check(
             "pairing",
             Status::Fail,
-            format!("no handshake in {} s", PROBE_TIMEOUT.as_secs()),
+            format!(
+                "no handshake in {} s",
+                server::probe::HANDSHAKE_TIMEOUT.as_secs()
+            ),
         ),
     }
 }

@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chaarfm_child::layout;
+
+use super::url::JobUrl;
 use serde_json::Value;
 
 /// Size bounds and timeouts (`POST_DOWNLOAD_MIN_SIZE_MB`, `POST_DOWNLOAD_MAX_SIZE_MB`, as
@@ -277,67 +279,16 @@ pub struct Downloaded {
 }
 
 /// Checks that `url` is http(s) and cannot be mistaken for an option.
-pub fn check_url(url: &str) -> Result<(), DownloadError> {
-    let lower = url.trim().to_ascii_lowercase();
-    if url.starts_with('-') || !(lower.starts_with("http://") || lower.starts_with("https://")) {
-        return Err(DownloadError::Scheme(url.to_string()));
-    }
-    Ok(())
-}
-
-fn url_path(url: &str) -> &str {
-    let after_scheme = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let path = after_scheme
-        .find('/')
-        .map(|i| &after_scheme[i..])
-        .unwrap_or("/");
-    path.split(['?', '#']).next().unwrap_or(path)
-}
-
-fn host(url: &str) -> String {
-    let after_scheme = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let authority = after_scheme.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or(authority);
-    host.split(':').next().unwrap_or(host).to_ascii_lowercase()
-}
-
-/// Hosts whose URLs go to yt-dlp; every other URL is downloaded directly, through the
-/// guard.
-const YOUTUBE_HOSTS: &[&str] = &[
-    "youtube.com",
-    "www.youtube.com",
-    "m.youtube.com",
-    "music.youtube.com",
-    "youtu.be",
-];
-
-/// Whether `url` is a YouTube URL (http(s), one of [`YOUTUBE_HOSTS`], no user info, the
-/// default port): the only URLs yt-dlp is given.
-pub fn is_youtube(url: &str) -> bool {
-    let Ok(uri) = url.trim().parse::<ureq::http::Uri>() else {
-        return false;
-    };
-    let (Some(scheme), Some(auth)) = (uri.scheme_str(), uri.authority()) else {
-        return false;
-    };
-    let scheme = scheme.to_ascii_lowercase();
-    let default_port = match uri.port_u16() {
-        None => true,
-        Some(p) => (scheme == "https" && p == 443) || (scheme == "http" && p == 80),
-    };
-    (scheme == "https" || scheme == "http")
-        && !auth.as_str().contains('@')
-        && default_port
-        && YOUTUBE_HOSTS.contains(&auth.host().to_ascii_lowercase().as_str())
+pub fn check_url(url: &str) -> Result<JobUrl, DownloadError> {
+    JobUrl::parse(url).map_err(|e| DownloadError::Scheme(e.0))
 }
 
 /// The extension a direct download is saved with: the URL's own when it is an audio
 /// extension, else one for the Content-Type, else `audio` (the decoder probes the bytes).
-fn download_ext(url: &str, content_type: &str) -> String {
-    let path = url_path(url).to_ascii_lowercase();
-    if let Some((_, ext)) = path.rsplit_once('.') {
-        if chaarfm_child::decode::AUDIO_EXTENSIONS.contains(&ext) {
-            return ext.to_string();
+fn download_ext(url: &JobUrl, content_type: &str) -> String {
+    if let Some(ext) = url.extension() {
+        if chaarfm_child::decode::AUDIO_EXTENSIONS.contains(&ext.as_str()) {
+            return ext;
         }
     }
     match content_type {
@@ -364,40 +315,6 @@ fn is_not_audio(content_type: &str) -> bool {
             content_type,
             "application/json" | "application/xml" | "application/xhtml" | "application/javascript"
         )
-}
-
-/// The `youtube_id` of a result: the video id for YouTube URLs, else the URL path's file
-/// stem (what yt-dlp's generic extractor reports).
-pub fn youtube_id(url: &str) -> String {
-    let h = host(url);
-    let path = url_path(url);
-    if h == "youtu.be" {
-        return path
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or("")
-            .to_string();
-    }
-    if h.ends_with("youtube.com") {
-        if let Some(q) = url.split_once('?').map(|(_, q)| q) {
-            for pair in q.split(['&', '#']) {
-                if let Some(v) = pair.strip_prefix("v=") {
-                    return v.to_string();
-                }
-            }
-        }
-        for prefix in ["/shorts/", "/embed/", "/live/", "/v/"] {
-            if let Some(rest) = path.strip_prefix(prefix) {
-                return rest.split('/').next().unwrap_or("").to_string();
-            }
-        }
-    }
-    let file = path.rsplit('/').next().unwrap_or("");
-    match file.rsplit_once('.') {
-        Some((stem, _)) if !stem.is_empty() => stem.to_string(),
-        _ => file.to_string(),
-    }
 }
 
 /// Downloads `url` into `dir` as `<stem>.<ext>` (the extension from the URL or the
@@ -460,7 +377,7 @@ fn fetch_once(
     guard: Option<&super::guard::GuardResolver>,
     cancel: &AtomicBool,
 ) -> Result<PathBuf, DownloadError> {
-    check_url(url)?;
+    let job_url = check_url(url)?;
     if let Some(g) = guard {
         // Through a proxy (HTTP(S)_PROXY), names are resolved by the proxy: literal
         // addresses, at least, are checked here.
@@ -520,7 +437,7 @@ fn fetch_once(
     if cancel.load(Ordering::Relaxed) {
         return Err(DownloadError::Cancelled);
     }
-    let dest = dir.join(format!("{stem}.{}", download_ext(url, &content_type)));
+    let dest = dir.join(format!("{stem}.{}", download_ext(&job_url, &content_type)));
     // Whatever ends this attempt early, nothing of it stays (the caller may already have
     // cleaned the directory when it cancelled).
     let written = Written(Some(&dest));
@@ -701,7 +618,7 @@ impl YtDlp {
     }
 
     /// The command to run, with the JavaScript runtime named when needed.
-    pub fn command(&self) -> tokio::process::Command {
+    fn command(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.path);
         cmd.args(self.runtime_args());
         if let Some(c) = &self.cookies {
@@ -710,16 +627,43 @@ impl YtDlp {
         cmd
     }
 
-    /// `yt-dlp --version`, bounded in time.
-    pub async fn version(&self) -> Option<String> {
+    /// The one way yt-dlp is run: `args` after the runtime and cookies, as a helper
+    /// (`os::helper`: its own process group, killed with this future), within `limit`.
+    pub async fn run<I, S>(
+        &self,
+        args: I,
+        limit: Duration,
+    ) -> Result<std::process::Output, RunError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = self.command();
+        cmd.args(args);
+        Self::output(cmd, limit).await
+    }
+
+    async fn output(
+        cmd: tokio::process::Command,
+        limit: Duration,
+    ) -> Result<std::process::Output, RunError> {
+        tokio::time::timeout(limit, crate::os::helper::output(cmd))
+            .await
+            .map_err(|_| RunError::TimedOut(limit.as_secs()))?
+            .map_err(RunError::Spawn)
+    }
+
+    /// `yt-dlp --version`, bounded in time (no runtime, no cookies: it needs neither).
+    pub async fn version(&self) -> Result<String, RunError> {
         let mut cmd = tokio::process::Command::new(&self.path);
         cmd.arg("--version");
-        let out = tokio::time::timeout(Duration::from_secs(30), crate::os::helper::output(cmd))
-            .await
-            .ok()?
-            .ok()?;
+        let out = Self::output(cmd, Duration::from_secs(30)).await?;
         let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        (out.status.success() && !v.is_empty()).then_some(v)
+        if out.status.success() && !v.is_empty() {
+            Ok(v)
+        } else {
+            Err(RunError::Status(out.status.to_string()))
+        }
     }
 
     /// `--js-runtimes deno:PATH` when deno is beside yt-dlp but not on `PATH`.
@@ -733,6 +677,17 @@ impl YtDlp {
             None => Vec::new(),
         }
     }
+}
+
+/// Why a yt-dlp run produced no output.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no answer in {0} s")]
+    TimedOut(u64),
+    #[error("{0}")]
+    Spawn(std::io::Error),
+    #[error("exit status {0}")]
+    Status(String),
 }
 
 /// What a failed yt-dlp run says: its last stderr line, or the signal that ended it.
@@ -759,34 +714,34 @@ pub async fn ytdlp_download(
     stem: &str,
     limits: &Limits,
 ) -> Result<Downloaded, DownloadError> {
-    let mut cmd = ytdlp.command();
-    cmd.args([
+    let mut args: Vec<std::ffi::OsString> = [
         "--no-playlist",
         "--no-progress",
         "--no-warnings",
         "--quiet",
         "--no-simulate",
         "--dump-json",
-    ])
-    .args(["-f", "bestaudio[ext=m4a]/bestaudio[acodec^=mp4a]/bestaudio"])
-    .args(["--max-filesize", &format!("{}", limits.max_bytes)])
-    .arg("-o")
-    .arg(dir.join(format!("{stem}.%(ext)s")));
+        "-f",
+        "bestaudio[ext=m4a]/bestaudio[acodec^=mp4a]/bestaudio",
+        "--max-filesize",
+    ]
+    .map(Into::into)
+    .into();
+    args.push(limits.max_bytes.to_string().into());
+    args.push("-o".into());
+    args.push(dir.join(format!("{stem}.%(ext)s")).into());
     if search {
-        cmd.args(["--match-filter", "duration >= 60 & duration <= 600"]);
+        args.extend(["--match-filter", "duration >= 60 & duration <= 600"].map(Into::into));
     }
-    cmd.arg("--").arg(target);
-    // In its own process group (`os::helper`): our stop signals never reach it, and a
-    // drop of this future (stop, stall, timeout) kills it and what it started.
+    args.extend(["--".into(), target.into()]);
+    // A drop of this future (stop, stall, timeout) kills yt-dlp and what it started.
     let out = tokio::select! {
-        out = tokio::time::timeout(limits.ytdlp_timeout, crate::os::helper::output(cmd)) => {
-            out.map_err(|_| {
-                DownloadError::YtDlp(format!(
-                    "timed out after {} s",
-                    limits.ytdlp_timeout.as_secs()
-                ))
-            })??
-        }
+        out = ytdlp.run(args, limits.ytdlp_timeout) => match out {
+            Ok(out) => out,
+            Err(RunError::TimedOut(s)) => return Err(DownloadError::YtDlp(format!("timed out after {s} s"))),
+            Err(RunError::Spawn(e)) => return Err(DownloadError::Io(e)),
+            Err(RunError::Status(s)) => return Err(DownloadError::YtDlp(s)),
+        },
         () = stalled(limits.stall, || job_bytes(dir, stem)) => {
             return Err(DownloadError::Stalled(limits.stall.as_secs()));
         }
@@ -929,35 +884,6 @@ mod tests {
             "{e}"
         );
         assert!(!e.is_transient(), "a slow source is not retried");
-    }
-
-    #[test]
-    fn only_youtube_urls_go_to_yt_dlp() {
-        for yes in [
-            "https://www.youtube.com/watch?v=x",
-            "https://youtube.com/watch?v=x",
-            "https://m.youtube.com/watch?v=x",
-            "https://music.youtube.com/watch?v=x",
-            "https://youtu.be/abc",
-            "HTTPS://WWW.YOUTUBE.COM/watch?v=x",
-            "https://www.youtube.com:443/watch?v=x",
-        ] {
-            assert!(is_youtube(yes), "{yes}");
-        }
-        for no in [
-            "http://localhost:18931/admin",
-            "http://router.lan/",
-            "https://youtube.com.evil.example/watch?v=x",
-            "https://evil.example/?u=https://www.youtube.com/",
-            "https://www.youtube.com@127.0.0.1/watch?v=x",
-            "https://www.youtube.com:8080/watch?v=x",
-            "https://soundcloud.com/a/b",
-            "ftp://youtube.com/x",
-            "ytsearch1:x",
-            "",
-        ] {
-            assert!(!is_youtube(no), "{no}");
-        }
     }
 
     #[test]
@@ -1120,44 +1046,15 @@ mod tests {
     }
 
     #[test]
-    fn only_http_and_https_are_accepted() {
-        for ok in ["http://a/b.mp3", "HTTPS://x.y/z"] {
-            assert!(check_url(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "file:///etc/passwd",
-            "ftp://x/y.mp3",
-            "-o/tmp/x",
-            "--exec=rm",
-            "javascript:1",
-            "",
-        ] {
-            assert!(check_url(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn youtube_ids_and_file_stems() {
+    fn a_direct_download_is_named_by_its_audio_extension_else_its_content_type() {
+        let u = |s: &str| check_url(s).unwrap();
         assert_eq!(
-            youtube_id("https://www.youtube.com/watch?v=dQw4w9WgXcQ&t=1"),
-            "dQw4w9WgXcQ"
-        );
-        assert_eq!(youtube_id("https://youtu.be/abc123?si=x"), "abc123");
-        assert_eq!(
-            youtube_id("https://music.youtube.com/watch?list=x&v=Zz9"),
-            "Zz9"
-        );
-        assert_eq!(youtube_id("https://youtube.com/shorts/short1"), "short1");
-        assert_eq!(
-            youtube_id("http://127.0.0.1:8080/audio/awakening.mp3?x=1"),
-            "awakening"
-        );
-        assert_eq!(
-            download_ext("http://h/a/b.FLAC?sig=1", "audio/mpeg"),
+            download_ext(&u("http://h/a/b.FLAC?sig=1"), "audio/mpeg"),
             "flac"
         );
-        assert_eq!(download_ext("http://h/page", "audio/mpeg"), "mp3");
-        assert_eq!(download_ext("http://h/page", ""), "audio");
+        assert_eq!(download_ext(&u("http://h/page"), "audio/mpeg"), "mp3");
+        assert_eq!(download_ext(&u("http://h/page"), ""), "audio");
+        assert_eq!(download_ext(&u("http://h/x.html"), ""), "audio");
     }
 
     #[tokio::test(start_paused = true)]

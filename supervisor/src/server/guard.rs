@@ -78,17 +78,6 @@ pub struct Refused {
     pub rule: &'static str,
 }
 
-/// The host of an http(s) URL as written, without brackets or port.
-fn url_host(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if let Some(v6) = host.strip_prefix('[') {
-        return v6.split(']').next().unwrap_or(v6);
-    }
-    host.split(':').next().unwrap_or(host)
-}
-
 /// Refuses a URL whose host is a literal address the guard forbids (for yt-dlp, which
 /// resolves names by itself).
 pub fn check_literal(url: &str) -> Result<(), Refused> {
@@ -103,7 +92,8 @@ pub fn check_literal(url: &str) -> Result<(), Refused> {
 
 /// The address a URL's host is written as, if it is one.
 fn literal_ip(url: &str) -> Option<IpAddr> {
-    let host = url_host(url);
+    let host = super::url::JobUrl::parse(url).ok()?.host();
+    let host = host.as_str();
     host.parse::<IpAddr>().ok().or_else(|| {
         // Shorthands resolvers accept as addresses, e.g. `http://2130706433/` or `0x7f.1`.
         (!host.is_empty()

@@ -28,8 +28,10 @@ pub mod intake;
 pub mod metrics;
 pub mod names;
 pub mod outbox;
+pub mod probe;
 pub mod status;
 pub mod stopping;
+pub mod url;
 pub mod work;
 pub mod youtube;
 
@@ -87,16 +89,8 @@ pub struct Options {
     pub cookies: Option<PathBuf>,
 }
 
-/// `{base}/ws/remote/{code}/worker` with http(s) -> ws(s).
+/// `{base}/ws/remote/{code}/worker` with http(s) -> ws(s), the code checked.
 pub fn worker_url(base: &str, code: &str) -> anyhow::Result<String> {
-    let base = base.trim_end_matches('/');
-    let ws = if let Some(rest) = base.strip_prefix("https://") {
-        format!("wss://{rest}")
-    } else if let Some(rest) = base.strip_prefix("http://") {
-        format!("ws://{rest}")
-    } else {
-        anyhow::bail!("server URL {base:?} must start with http:// or https://");
-    };
     anyhow::ensure!(
         !code.is_empty()
             && code
@@ -104,7 +98,7 @@ pub fn worker_url(base: &str, code: &str) -> anyhow::Result<String> {
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
         "the pairing code must be letters, digits, '-' or '_'"
     );
-    Ok(format!("{ws}/ws/remote/{code}/worker"))
+    url::worker_url(base, code).map_err(anyhow::Error::msg)
 }
 
 /// The reconnect delay: 2 s, x1.5 per failure, at most 60 s; reset after a connection
@@ -524,42 +518,19 @@ async fn lane(ctx: Arc<Ctx>, hub: Hub, mut me: LaneHandle) {
                 return;
             }
         }
-        let attempt = tokio::time::timeout(
-            Duration::from_secs(20),
-            tokio_tungstenite::connect_async(ctx.url.as_str()),
-        )
-        .await;
-        let ws = match attempt {
-            Ok(Ok((ws, _))) => ws,
-            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp)))
-                if resp.status().is_client_error() =>
-            {
-                let status = resp.status().as_u16();
-                let msg = if status == 401 || status == 403 {
-                    format!(
-                        "the server refused pairing code {} (HTTP {status}): check --code / CHAARFM_CODE against the code shown on the /ingest page",
-                        ctx.masked_code
-                    )
-                } else {
-                    format!(
-                        "{} answered HTTP {status} to the worker endpoint: that URL has no ChaarFM worker endpoint (check --url / CHAARFM_URL)",
-                        ctx.base
-                    )
-                };
-                let _ = ctx.fatal.send(Some(msg));
+        let ws = match probe::handshake(&ctx.url, &ctx.base, &ctx.masked_code).await {
+            Ok(ws) => ws,
+            Err(probe::Handshake::Refused(r)) => {
+                let _ = ctx.fatal.send(Some(r.message));
                 return;
             }
-            Ok(Err(e)) => {
-                tracing::warn!(lane = id, error = %e, "cannot connect");
-                ctx.pool.stats.note_error();
-                let d = backoff.next_delay();
-                if wait_or_drain(&mut draining, d).await && me.view.borrow().busy == 0 {
-                    return;
+            Err(e) => {
+                match e {
+                    probe::Handshake::Failed(e) => {
+                        tracing::warn!(lane = id, error = %e, "cannot connect")
+                    }
+                    _ => tracing::warn!(lane = id, "connecting timed out"),
                 }
-                continue;
-            }
-            Err(_) => {
-                tracing::warn!(lane = id, "connecting timed out");
                 ctx.pool.stats.note_error();
                 let d = backoff.next_delay();
                 if wait_or_drain(&mut draining, d).await && me.view.borrow().busy == 0 {
@@ -597,8 +568,7 @@ async fn wait_or_drain(draining: &mut watch::Receiver<bool>, d: Duration) -> boo
     drained || *draining.borrow()
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use probe::Ws;
 
 async fn serve_connection(
     ctx: &Arc<Ctx>,
@@ -850,17 +820,11 @@ where
 
 /// `GET {base}/api/keepalive` every 10 minutes, so the hosting platform keeps the server up.
 async fn keepalive(ctx: Arc<Ctx>) {
-    let url = format!("{}/api/keepalive", ctx.base);
     loop {
-        let u = url.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(30)))
-                .build()
-                .into();
-            agent.get(&u).call().map(|r| r.status().as_u16())
-        })
-        .await;
+        let base = ctx.base.clone();
+        let r =
+            tokio::task::spawn_blocking(move || probe::keepalive(&base, Duration::from_secs(30)))
+                .await;
         match r {
             Ok(Ok(status)) => tracing::debug!(status, "keepalive"),
             Ok(Err(e)) => tracing::debug!(error = %e, "keepalive failed"),

@@ -188,8 +188,8 @@ impl Source {
     fn of(d: &DownloadJob) -> Result<Source, Fail> {
         match d.youtube_url.as_deref().filter(|u| !u.trim().is_empty()) {
             Some(url) => {
-                download::check_url(url).map_err(classify)?;
-                Ok(if download::is_youtube(url) {
+                let parsed = download::check_url(url).map_err(classify)?;
+                Ok(if parsed.is_youtube() {
                     Source::YouTube {
                         target: url.to_string(),
                         search: false,
@@ -379,7 +379,11 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
             .filter(|s| !s.is_empty())
             .map(str::to_string)
     };
-    let youtube_id = meta_str("id").unwrap_or_else(|| download::youtube_id(&got.source_url));
+    let youtube_id = meta_str("id").unwrap_or_else(|| {
+        super::url::JobUrl::parse(&got.source_url)
+            .map(|u| u.youtube_id())
+            .unwrap_or_default()
+    });
     // The job's, else the file's tags, else the download's metadata, else the defaults.
     let artist = d
         .artist
@@ -483,12 +487,10 @@ async fn genre(ctx: &Ctx, g: &GenreJob) -> Result<Value, String> {
     let search = if limit > 0 { (limit * 3).min(200) } else { 100 };
     let timeout = ctx.limits.ytdlp_timeout;
     let run = |args: Vec<String>| async move {
-        let mut cmd = ytdlp.command();
-        cmd.args(&args);
-        let out = tokio::time::timeout(timeout, crate::os::helper::output(cmd))
+        let out = ytdlp
+            .run(&args, timeout)
             .await
-            .map_err(|_| format!("yt-dlp failed: timed out after {} s", timeout.as_secs()))?
-            .map_err(|e| format!("yt-dlp: {e}"))?;
+            .map_err(|e| format!("yt-dlp failed: {e}"))?;
         if !out.status.success() {
             return Err(format!(
                 "yt-dlp failed: {}",
@@ -518,7 +520,7 @@ async fn genre(ctx: &Ctx, g: &GenreJob) -> Result<Value, String> {
                 .and_then(Value::as_str)
                 .map(str::to_string)
         })
-        .filter(|u| download::check_url(u).is_ok() && download::is_youtube(u))
+        .filter(|u| download::check_url(u).is_ok_and(|u| u.is_youtube()))
         .collect();
     if urls.is_empty() {
         return Ok(json!({ "tracks": [], "genre": g.genre }));

@@ -257,7 +257,7 @@ impl Updater {
             return false;
         }
         let _ = std::fs::write(&self.stamp, &today);
-        let old = ytdlp.version().await.unwrap_or_else(|| "unknown".into());
+        let old = ytdlp.version().await.unwrap_or_else(|_| "unknown".into());
         tracing::warn!(%old, "yt-dlp looks outdated for YouTube: updating it in its private environment");
         let mut pip = tokio::process::Command::new(&python);
         pip.args([
@@ -279,7 +279,7 @@ impl Updater {
         };
         match done {
             Ok(Ok(out)) if out.status.success() => {
-                let new = ytdlp.version().await.unwrap_or_else(|| "unknown".into());
+                let new = ytdlp.version().await.unwrap_or_else(|_| "unknown".into());
                 tracing::warn!(%old, %new, "updated yt-dlp from {old} to {new}; trying the download again");
                 true
             }
