@@ -1,5 +1,6 @@
 //! chaarfm-super: one ChaarFM ingestion worker per machine.
 
+mod backoff;
 mod batch;
 mod cli;
 mod date;

@@ -29,12 +29,20 @@ use chaarfm_shared::ipc::{self, FromChild, Job, JobOutput, ToChild, WirePath};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
+
 use policy::{Attempts, Ending, Fault, KillReason, Verdict};
 pub use proc::ChildSpec;
 use proc::{Control, Event, SpawnError, Spawner, Tag};
 
 /// Heartbeats come every second; this long without any frame means the child is frozen.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Waits before restarting a child that could not be started (0.5 s, doubling, 10 s)...
+const START_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(500), 2.0, Duration::from_secs(10));
+/// ...or that died before it was ready (0.25 s, doubling, 10 s).
+const EARLY_DEATH_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(250), 2.0, Duration::from_secs(10));
 /// A child must say hello (model loaded) within this.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time from dispatch to a job's first progress report (opening and probing the file,
@@ -443,7 +451,7 @@ impl State {
         let delay = if shortage {
             Duration::from_secs(30)
         } else {
-            Duration::from_millis(500 << n.min(5)).min(Duration::from_secs(10))
+            START_BACKOFF.delay(n)
         };
         slot.life = Life::Dead {
             restart_at: Some(Instant::now() + delay),
@@ -657,7 +665,7 @@ impl State {
                 ));
                 return;
             }
-            Duration::from_millis(250 << self.early_deaths.min(6)).min(Duration::from_secs(10))
+            EARLY_DEATH_BACKOFF.delay(self.early_deaths)
         } else {
             Duration::ZERO
         };

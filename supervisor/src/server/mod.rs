@@ -46,6 +46,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::backoff::Backoff;
 use crate::exit::Exit;
 use crate::pool::Pool;
 use crate::signals::Signals;
@@ -101,46 +102,6 @@ pub fn worker_url(base: &str, code: &str) -> anyhow::Result<String> {
     url::worker_url(base, code).map_err(anyhow::Error::msg)
 }
 
-/// The reconnect delay: 2 s, x1.5 per failure, at most 60 s; reset after a connection
-/// that was stable or useful ([`Backoff::after_connection`]).
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            next: Duration::from_secs(2),
-        }
-    }
-}
-
-impl Backoff {
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = Duration::from_secs_f64((self.next.as_secs_f64() * 1.5).min(60.0));
-        d
-    }
-
-    pub fn reset(&mut self) {
-        *self = Self::default();
-    }
-
-    /// The delay after a connection ends. One that lasted 30 s, or over which the server
-    /// did its part (a job, a welcome or an ack came), shows the server works: the next
-    /// attempt comes after the shortest delay. A server that drops every connection
-    /// before doing anything gets ever longer ones. (Resetting only after 30 s let a
-    /// server that drops connections every 5 s push every lane to 60 s waits, stalling
-    /// the worker for minutes: found by the soak.)
-    pub fn after_connection(&mut self, lasted: Duration, useful: bool) -> Duration {
-        if useful || lasted > Duration::from_secs(30) {
-            self.reset();
-        }
-        self.next_delay()
-    }
-}
-
 /// The first wait of a YouTube pause (`CHAARFM_YOUTUBE_BACKOFF_S`, default 5 min); it
 /// doubles after each failed probe, up to [`YOUTUBE_BACKOFF_MAX`].
 fn youtube_backoff() -> Duration {
@@ -158,7 +119,8 @@ const YOUTUBE_BACKOFF_MAX: Duration = Duration::from_secs(3600);
 /// failed probe (5 min to 1 h).
 async fn recover_youtube(ctx: Arc<Ctx>) {
     let first = youtube_backoff();
-    let mut wait = first;
+    let mut backoff = Backoff::new(first, 2.0, YOUTUBE_BACKOFF_MAX);
+    let mut wait = backoff.next_delay();
     let mut intake = ctx.intake.subscribe();
     loop {
         if intake
@@ -189,9 +151,10 @@ async fn recover_youtube(ctx: Arc<Ctx>) {
             return;
         };
         if matches!(*after, Intake::YouTube(_)) {
-            wait = (wait * 2).min(YOUTUBE_BACKOFF_MAX);
+            wait = backoff.next_delay();
         } else {
-            wait = first;
+            backoff.reset();
+            wait = backoff.next_delay();
         }
     }
 }
@@ -222,7 +185,7 @@ async fn recover(ctx: Arc<Ctx>) {
         {
             return;
         }
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::reconnect();
         loop {
             tokio::time::sleep(backoff.next_delay()).await;
             let c = Arc::clone(&ctx);
@@ -481,7 +444,7 @@ enum Ended {
 /// One connection, reconnected after any loss until the drain is complete.
 async fn lane(ctx: Arc<Ctx>, hub: Hub, mut me: LaneHandle) {
     let id = me.id;
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::reconnect();
     let mut draining = ctx.draining.subscribe();
     let mut intake = ctx.intake.subscribe();
     let settled = |v: &watch::Receiver<LaneView>| {
@@ -836,8 +799,6 @@ async fn keepalive(ctx: Arc<Ctx>) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     /// Yields to the runtime until `cond` holds (at most 10,000 times): for tests of
     /// tasks on the same current-thread runtime, without a clock.
     pub(crate) async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
@@ -848,32 +809,5 @@ mod tests {
             tokio::task::yield_now().await;
         }
         cond()
-    }
-
-    #[test]
-    fn backoff_grows_on_failures_and_resets_after_a_stable_or_useful_connection() {
-        let mut b = Backoff::default();
-        let delays: Vec<u64> = (0..12).map(|_| b.next_delay().as_secs()).collect();
-        assert_eq!(delays[..4], [2, 3, 4, 6]);
-        assert_eq!(delays[11], 60, "capped at 60 s: {delays:?}");
-        // A connection dropped after 5 s that carried nothing: keep backing off.
-        assert_eq!(
-            b.after_connection(Duration::from_secs(5), false).as_secs(),
-            60
-        );
-        // Dropped after 5 s, but a job came over it: the server works, come back soon.
-        assert_eq!(
-            b.after_connection(Duration::from_secs(5), true).as_secs(),
-            2
-        );
-        assert_eq!(
-            b.after_connection(Duration::from_secs(5), false).as_secs(),
-            3
-        );
-        // Stable for over 30 s, even without traffic.
-        assert_eq!(
-            b.after_connection(Duration::from_secs(31), false).as_secs(),
-            2
-        );
     }
 }
