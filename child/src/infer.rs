@@ -268,13 +268,8 @@ impl Musicnn {
             device: opts.device,
         };
         if !file.hash_matches {
-            let probe = MelSpectrogram {
-                data: model::probe_input(),
-                frames: PATCH_FRAMES,
-                samples: 0,
-            };
-            match me.predict(&probe) {
-                Ok(p) if model::probe_matches(&p.vector) => tracing::info!(
+            match me.computes_published_values() {
+                Ok(true) => tracing::info!(
                     path = %path.display(),
                     "model bytes differ from the published conversion but compute the same values; using it"
                 ),
@@ -282,6 +277,17 @@ impl Musicnn {
             }
         }
         Ok(me)
+    }
+
+    /// The model probe, the one check that a model is the published one: run on the
+    /// manifest's probe input, it gives the published values (`model::probe_matches`).
+    pub fn computes_published_values(&mut self) -> Result<bool, InferError> {
+        let probe = MelSpectrogram {
+            data: model::probe_input(),
+            frames: PATCH_FRAMES,
+            samples: 0,
+        };
+        Ok(model::probe_matches(&self.predict(&probe)?.vector))
     }
 
     /// sha256 of the loaded model file.
