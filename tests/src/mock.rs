@@ -426,6 +426,21 @@ impl Mock {
         format!("http://{}", self.addr)
     }
 
+    /// `chaarfm-super` in connect mode against this mock, with [`MockConfig::code`] and
+    /// `state` as its state dir; callers add the rest.
+    pub fn worker(&self, state: &std::path::Path) -> std::process::Command {
+        let mut cmd = std::process::Command::new(crate::binary());
+        cmd.args([
+            "--url",
+            &self.base_url(),
+            "--code",
+            &self.cfg.code,
+            "--state-dir",
+        ])
+        .arg(state);
+        cmd
+    }
+
     /// Queues a job in the session of [`MockConfig::code`]; returns its id.
     pub fn add_job(&self, payload: Value) -> String {
         self.add_job_to(&self.cfg.code.clone(), payload)

@@ -10,13 +10,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::mock::{Mock, MockConfig};
 use crate::{
-    binary, children_of, kill_random_child, make_clips_between, read_records, run_super, stop,
-    wait_until, Spawned, TempDir,
+    children_of, kill_random_child, make_clips_between, read_records, run_super, stop, wait_until,
+    Spawned, TempDir,
 };
 use chaarfm_shared::record::Record;
 
@@ -201,10 +200,8 @@ fn fd_count(pid: u32) -> usize {
 }
 
 fn start(mock: &Mock, state: &Path, workers: &str) -> Spawned {
-    let mut cmd = Command::new(binary());
-    cmd.args(["--url", &mock.base_url(), "--code", "TEST42", "--state-dir"])
-        .arg(state)
-        .args(["--allow-private-urls", "--workers", workers])
+    let mut cmd = mock.worker(state);
+    cmd.args(["--allow-private-urls", "--workers", workers])
         // Clips of 4-15 s are smaller than the Python worker's 0.5 MB floor.
         .env("POST_DOWNLOAD_MIN_SIZE_MB", "0");
     Spawned::spawn(cmd)

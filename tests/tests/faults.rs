@@ -19,12 +19,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 fn super_cmd(mock: &Mock, state: &Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(binary());
+    let mut cmd = mock.worker(state);
     // The mock serves audio on loopback.
-    cmd.args(["--url", &mock.base_url(), "--code", "TEST42", "--state-dir"])
-        .arg(state)
-        .arg("--allow-private-urls")
-        .args(extra);
+    cmd.arg("--allow-private-urls").args(extra);
     cmd
 }
 

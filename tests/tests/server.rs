@@ -22,11 +22,8 @@ use serde_json::Value;
 /// `--allow-private-urls` (the guard itself is tested in
 /// `the_private_address_guard_refuses_jobs_pointing_at_this_network`).
 fn start_super(mock: &Mock, state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Spawned {
-    let mut cmd = Command::new(binary());
-    cmd.args(["--url", &mock.base_url(), "--code", "TEST42", "--state-dir"])
-        .arg(state)
-        .arg("--allow-private-urls")
-        .args(extra);
+    let mut cmd = mock.worker(state);
+    cmd.arg("--allow-private-urls").args(extra);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -247,18 +244,9 @@ fn bad_urls_fail_clearly_while_other_jobs_go_on() {
 
 /// Connect mode against `mock` with the private-address guard on (one child).
 fn guarded(mock: &Mock, state: &Path) -> Command {
-    let mut cmd = Command::new(binary());
-    cmd.args([
-        "--url",
-        &mock.base_url(),
-        "--code",
-        "TEST42",
-        "--workers",
-        "1",
-    ])
-    .arg("--state-dir")
-    .arg(state)
-    .env_remove("CHAARFM_ALLOW_PRIVATE_URLS");
+    let mut cmd = mock.worker(state);
+    cmd.args(["--workers", "1"])
+        .env_remove("CHAARFM_ALLOW_PRIVATE_URLS");
     cmd
 }
 

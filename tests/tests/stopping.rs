@@ -10,12 +10,11 @@
 
 use std::collections::HashSet;
 use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chaarfm_tests::mock::{Mock, MockConfig};
 use chaarfm_tests::ytdlp::FakeYtDlp;
-use chaarfm_tests::{binary, children_of, corpus_dir, in_groups, wait_until, Spawned, TempDir};
+use chaarfm_tests::{children_of, corpus_dir, in_groups, wait_until, Spawned, TempDir};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -53,19 +52,10 @@ fn setup_with(label: &str, jobs: usize, cfg: MockConfig) -> Setup {
 
 /// The worker, leading its own process group as a service or a terminal job does.
 fn start(s: &Setup, env: &[(&str, &str)]) -> Spawned {
-    let mut cmd = Command::new(binary());
-    cmd.args([
-        "--url",
-        &s.mock.base_url(),
-        "--code",
-        "TEST42",
-        "--workers",
-        "1",
-    ])
-    .arg("--state-dir")
-    .arg(s.tmp.join("state"))
-    .env("CHAARFM_YTDLP", s.ytdlp.dir.join("yt-dlp"))
-    .process_group(0);
+    let mut cmd = s.mock.worker(&s.tmp.join("state"));
+    cmd.args(["--workers", "1"])
+        .env("CHAARFM_YTDLP", s.ytdlp.path())
+        .process_group(0);
     for (k, v) in env {
         cmd.env(k, v);
     }

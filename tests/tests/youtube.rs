@@ -42,20 +42,11 @@ fn start(s: &Setup, state: &Path) -> Spawned {
 }
 
 fn start_with(s: &Setup, state: &Path, extra: &[&std::ffi::OsStr]) -> Spawned {
-    let mut cmd = Command::new(binary());
-    cmd.args(extra);
-    cmd.args([
-        "--url",
-        &s.mock.base_url(),
-        "--code",
-        "TEST42",
-        "--workers",
-        "1",
-    ])
-    .arg("--state-dir")
-    .arg(state)
-    .env("CHAARFM_YTDLP", s.ytdlp.dir.join("yt-dlp"))
-    .env("CHAARFM_YOUTUBE_BACKOFF_S", "1");
+    let mut cmd = s.mock.worker(state);
+    cmd.args(["--workers", "1"])
+        .args(extra)
+        .env("CHAARFM_YTDLP", s.ytdlp.path())
+        .env("CHAARFM_YOUTUBE_BACKOFF_S", "1");
     Spawned::spawn(cmd)
 }
 

@@ -523,6 +523,22 @@ pub fn job_bytes(dir: &Path, stem: &str) -> u64 {
         .sum()
 }
 
+/// `download`, unless job `stem`'s files in `dir` stop growing for [`Limits::stall`]
+/// first: then it is dropped (which cancels it) and the error is [`DownloadError::Stalled`].
+pub async fn unless_stalled<T>(
+    limits: &Limits,
+    dir: &Path,
+    stem: &str,
+    download: impl std::future::Future<Output = Result<T, DownloadError>>,
+) -> Result<T, DownloadError> {
+    tokio::select! {
+        got = download => got,
+        () = stalled(limits.stall, || job_bytes(dir, stem)) => {
+            Err(DownloadError::Stalled(limits.stall.as_secs()))
+        }
+    }
+}
+
 /// Resolves once `bytes()` has not grown for `window` (checked every quarter window,
 /// at most every 5 s): a download gone silent, which no timeout of its own would end
 /// before [`Limits::ytdlp_timeout`].
@@ -690,6 +706,16 @@ pub enum RunError {
     Status(String),
 }
 
+impl From<RunError> for DownloadError {
+    fn from(e: RunError) -> DownloadError {
+        match e {
+            RunError::TimedOut(s) => DownloadError::YtDlp(format!("timed out after {s} s")),
+            RunError::Spawn(e) => DownloadError::Io(e),
+            RunError::Status(s) => DownloadError::YtDlp(s),
+        }
+    }
+}
+
 /// What a failed yt-dlp run says: its last stderr line, or the signal that ended it.
 fn ytdlp_failure(out: &std::process::Output) -> DownloadError {
     let err = String::from_utf8_lossy(&out.stderr);
@@ -735,17 +761,10 @@ pub async fn ytdlp_download(
     }
     args.extend(["--".into(), target.into()]);
     // A drop of this future (stop, stall, timeout) kills yt-dlp and what it started.
-    let out = tokio::select! {
-        out = ytdlp.run(args, limits.ytdlp_timeout) => match out {
-            Ok(out) => out,
-            Err(RunError::TimedOut(s)) => return Err(DownloadError::YtDlp(format!("timed out after {s} s"))),
-            Err(RunError::Spawn(e)) => return Err(DownloadError::Io(e)),
-            Err(RunError::Status(s)) => return Err(DownloadError::YtDlp(s)),
-        },
-        () = stalled(limits.stall, || job_bytes(dir, stem)) => {
-            return Err(DownloadError::Stalled(limits.stall.as_secs()));
-        }
-    };
+    let out = unless_stalled(limits, dir, stem, async {
+        Ok(ytdlp.run(args, limits.ytdlp_timeout).await?)
+    })
+    .await?;
     if !out.status.success() {
         return Err(ytdlp_failure(&out));
     }

@@ -118,9 +118,7 @@ const YOUTUBE_BACKOFF_MAX: Duration = Duration::from_secs(3600);
 /// the hub runs it and reopens intake if YouTube answered), doubling the wait after each
 /// failed probe (5 min to 1 h).
 async fn recover_youtube(ctx: Arc<Ctx>) {
-    let first = youtube_backoff();
-    let mut backoff = Backoff::new(first, 2.0, YOUTUBE_BACKOFF_MAX);
-    let mut wait = backoff.next_delay();
+    let mut backoff = Backoff::new(youtube_backoff(), 2.0, YOUTUBE_BACKOFF_MAX);
     let mut intake = ctx.intake.subscribe();
     loop {
         if intake
@@ -130,6 +128,7 @@ async fn recover_youtube(ctx: Arc<Ctx>) {
         {
             return;
         }
+        let wait = backoff.next_delay();
         tracing::warn!(
             "YouTube paused: trying again in {} s (then one job first)",
             wait.as_secs()
@@ -150,11 +149,8 @@ async fn recover_youtube(ctx: Arc<Ctx>) {
         let Ok(after) = intake.wait_for(|i| *i != Intake::Probe).await else {
             return;
         };
-        if matches!(*after, Intake::YouTube(_)) {
-            wait = backoff.next_delay();
-        } else {
+        if !matches!(*after, Intake::YouTube(_)) {
             backoff.reset();
-            wait = backoff.next_delay();
         }
     }
 }

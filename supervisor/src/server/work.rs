@@ -323,15 +323,13 @@ async fn attempt(ctx: &Ctx, source: &Source, stem: &str) -> Result<Downloaded, D
             let run = tokio::task::spawn_blocking(move || {
                 download::http_download_until(&u, &dir, &st, &limits, &c)
             });
-            let path = tokio::select! {
-                got = run => got.map_err(|e| DownloadError::Network {
+            let path = download::unless_stalled(&ctx.limits, &ctx.tmp, stem, async {
+                run.await.map_err(|e| DownloadError::Network {
                     what: format!("download task failed: {e}"),
                     transient: false,
-                })??,
-                () = download::stalled(ctx.limits.stall, || download::job_bytes(&ctx.tmp, stem)) => {
-                    return Err(DownloadError::Stalled(ctx.limits.stall.as_secs()));
-                }
-            };
+                })?
+            })
+            .await?;
             Ok(Downloaded {
                 path,
                 meta: None,
