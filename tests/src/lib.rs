@@ -318,6 +318,13 @@ pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) 
     }
 }
 
+/// The most SIGKILLs a chaos test sends in one run: fewer than the attempts the pool
+/// gives a job whose child something outside killed (`pool::policy::EXTERNAL_ATTEMPTS`,
+/// 10). Then no job can be given up whatever the timing, so "nothing lost" holds on a
+/// loaded machine too, where an unbounded schedule (one kill every 2 s) once killed one
+/// job's child ten times in a row.
+pub const CHAOS_KILLS: u32 = 9;
+
 /// SIGKILLs one child of `parent`, chosen by a xorshift on `seed`; returns whether one was
 /// killed. The chaos tests call it on their schedule (every 2 s).
 #[cfg(target_os = "linux")]

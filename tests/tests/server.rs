@@ -12,7 +12,7 @@ use chaarfm_child::{embed_file, model, InferOptions, Musicnn};
 use chaarfm_tests::mock::{Mock, MockConfig};
 use chaarfm_tests::{
     binary, corpus_dir, cosine, kill_random_child, make_clips, references, stop, stop_with_output,
-    wait_until, Spawned, TempDir,
+    wait_until, Spawned, TempDir, CHAOS_KILLS,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -733,9 +733,9 @@ fn chaos(protocol2: Option<usize>) {
         if mock.stored().len() >= names.len() || !sup.running() {
             return true;
         }
-        // Chaos schedule: a random child every 2 s.
+        // Chaos schedule: a random child every 2 s, at most CHAOS_KILLS of them.
         std::thread::sleep(Duration::from_secs(2));
-        if kill_random_child(sup_pid, &mut seed) {
+        if kills < CHAOS_KILLS && kill_random_child(sup_pid, &mut seed) {
             kills += 1;
         }
         false
