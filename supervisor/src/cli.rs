@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::logging::LogFormat;
+use crate::prefs::settings::{Busy, Hours, Layer, OnBattery};
 use crate::sizing::{DeviceChoice, Workers};
 
 #[derive(Debug, Parser)]
@@ -71,7 +72,76 @@ pub struct ConnectArgs {
     pub cookies: Option<PathBuf>,
 
     #[command(flatten)]
+    pub prefs: PrefsArgs,
+
+    #[command(flatten)]
     pub pool: PoolArgs,
+}
+
+/// The computing preferences (`prefs`): when this machine lends its CPU. Each flag wins
+/// over the same key in the config file.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Computing preferences (also keys of the config file)")]
+pub struct PrefsArgs {
+    /// The config file (default: ~/.config/chaarfm-super/config.toml, if it exists). It is
+    /// read again when it changes, or on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// On battery power: pause (the default) or run.
+    #[arg(long, value_enum)]
+    pub on_battery: Option<OnBattery>,
+
+    /// With --on-battery run: pause below this charge, resume 5 points above it
+    /// (default 20).
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub battery_min_percent: Option<u8>,
+
+    /// Pause while other programs use more than PERCENT of the CPU for a minute, resume
+    /// after 2 minutes below it; `off` never pauses for that (default 25).
+    #[arg(long, value_name = "PERCENT|off")]
+    pub pause_when_busy: Option<Busy>,
+
+    /// Work only between these local times, e.g. 22:00-07:00 ("" = at any hour, the
+    /// default).
+    #[arg(long, value_name = "HH:MM-HH:MM", value_parser = parse_hours)]
+    pub hours: Option<HoursArg>,
+
+    /// Pause while the state dir's disk has less free space than this, in GB (0: off;
+    /// default 1).
+    #[arg(long, value_name = "GB", value_parser = parse_gigabytes)]
+    pub min_free_disk_gb: Option<f64>,
+}
+
+/// `--hours`: a window, or empty for any hour.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HoursArg(pub Option<Hours>);
+
+fn parse_hours(s: &str) -> Result<HoursArg, String> {
+    if s.trim().is_empty() {
+        return Ok(HoursArg(None));
+    }
+    s.parse().map(|h| HoursArg(Some(h)))
+}
+
+fn parse_gigabytes(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?}: expected a number of GB, 0 or more")),
+    }
+}
+
+impl PrefsArgs {
+    /// The flags as a layer over the config file.
+    pub fn layer(&self) -> Layer {
+        Layer {
+            on_battery: self.on_battery,
+            battery_min_percent: self.battery_min_percent,
+            pause_when_busy: self.pause_when_busy,
+            hours: self.hours.map(|h| h.0),
+            min_free_disk_gb: self.min_free_disk_gb,
+        }
+    }
 }
 
 impl ConnectArgs {
@@ -168,6 +238,9 @@ pub enum Command {
     /// Run the worker as a service (systemd; launchd on macOS), started at boot or login.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Ask the running worker how it is doing: working, paused or disconnected, tracks
+    /// done, failures, speed. Exits 3 when no worker runs with that state dir.
+    Status(StatusArgs),
     /// Internal: serve as a child process of a supervisor.
     #[command(name = "__child", hide = true)]
     Child(ChildArgs),
@@ -306,6 +379,18 @@ pub struct ServiceInstallArgs {
     /// Connect-mode options for the service (the code goes in a 0600 file, never argv).
     #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The running worker's state dir (default: the user state dir, then a system
+    /// service's).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// One JSON object (`state`: working, paused or disconnected; `reason`; `since`...).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

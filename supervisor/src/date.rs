@@ -39,10 +39,26 @@ pub fn today() -> i64 {
     day_of(SystemTime::now())
 }
 
+/// Seconds since 1970-01-01 now (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// `YYYY-MM-DD`.
 pub fn iso(day: i64) -> String {
     let (y, m, d) = civil_from_days(day);
     format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Days since 1970-01-01 of a `YYYY.MM.DD[.N]` version (yt-dlp's are release dates).
+pub fn release_day(version: &str) -> Option<i64> {
+    let mut it = version.trim().split('.');
+    let y: i64 = it.next()?.parse().ok()?;
+    let m: u32 = it.next()?.parse().ok()?;
+    let d: u32 = it.next()?.parse().ok()?;
+    ((1..=12).contains(&m) && (1..=31).contains(&d)).then(|| days_from_civil(y, m, d))
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ use chaarfm_child::{model, runtime};
 use serde::Serialize;
 
 use crate::cli::DoctorArgs;
-use crate::date::days_from_civil;
 use crate::server::download::YtDlp;
 use crate::{server, sizing};
 
@@ -292,7 +291,7 @@ async fn ffmpeg_check() -> Check {
 /// `yt-dlp --version` is its release date, `YYYY.MM.DD[.N]`.
 pub fn ytdlp_age_check(path: &Path, version: &str, today: i64) -> Check {
     let detail = format!("{version} ({})", path.display());
-    match release_days(version) {
+    match crate::date::release_day(version) {
         Some(d) if today - d > YTDLP_MAX_AGE_DAYS => check(
             "yt-dlp",
             Status::Warn,
@@ -308,15 +307,6 @@ pub fn ytdlp_age_check(path: &Path, version: &str, today: i64) -> Check {
             format!("{detail}: version not a date, age unknown"),
         ),
     }
-}
-
-/// Days since 1970-01-01 of a `YYYY.MM.DD` version.
-fn release_days(version: &str) -> Option<i64> {
-    let mut it = version.trim().split('.');
-    let y: i64 = it.next()?.parse().ok()?;
-    let m: u32 = it.next()?.parse().ok()?;
-    let d: u32 = it.next()?.parse().ok()?;
-    ((1..=12).contains(&m) && (1..=31).contains(&d)).then(|| days_from_civil(y, m, d))
 }
 
 /// Runs `program args` (a version query) with a timeout; its trimmed stdout.
@@ -543,16 +533,16 @@ mod tests {
 
     #[test]
     fn ytdlp_versions_are_release_dates() {
-        assert_eq!(release_days("2026.10.26"), Some(20_752));
-        assert_eq!(release_days("2026.10.26.1"), Some(20_752));
-        assert_eq!(release_days("nightly"), None);
-        assert_eq!(release_days("2026.13.01"), None);
+        assert_eq!(crate::date::release_day("2026.10.26"), Some(20_752));
+        assert_eq!(crate::date::release_day("2026.10.26.1"), Some(20_752));
+        assert_eq!(crate::date::release_day("nightly"), None);
+        assert_eq!(crate::date::release_day("2026.13.01"), None);
     }
 
     #[test]
     fn an_old_ytdlp_is_a_warning_that_says_to_update() {
         let p = Path::new("/x/yt-dlp");
-        let today = days_from_civil(2026, 11, 26);
+        let today = crate::date::days_from_civil(2026, 11, 26);
         assert_eq!(ytdlp_age_check(p, "2026.10.26", today).status, Status::Ok);
         let old = ytdlp_age_check(p, "2025.06.30", today);
         assert_eq!(old.status, Status::Warn);

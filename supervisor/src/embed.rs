@@ -45,6 +45,7 @@ pub async fn run(args: &EmbedArgs, model_path: Option<&Path>) -> anyhow::Result<
             pool,
             task,
             children,
+            ..
         } = launch::start_pool(&args.pool, model_path, &state_dir)?;
         let collected = batch::collect(&pool, todo, args.tags, children + 1, |i, r| {
             let path = &args.files[i];

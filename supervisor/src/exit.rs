@@ -10,4 +10,6 @@ pub enum Exit {
     SomeFailed,
     /// Results that could be neither delivered nor saved: 3.
     Lost(usize),
+    /// `status`: no worker is running (said already): 3.
+    NotRunning,
 }

@@ -41,6 +41,8 @@ pub struct Started {
     pub pool: Pool,
     pub task: tokio::task::JoinHandle<()>,
     pub children: usize,
+    /// Where the children's sockets are (connect mode puts its control socket there).
+    pub runtime_dir: std::path::PathBuf,
 }
 
 /// Starts a pool for `args`, its sockets in a runtime directory beside `state_dir`
@@ -80,12 +82,13 @@ pub fn start_pool(
         )
     })?;
     let children = cfg.children.len();
-    let spawner = ProcSpawner::new(exe, model, runtime_dir);
+    let spawner = ProcSpawner::new(exe, model, runtime_dir.clone());
     let (pool, task) = Pool::start(cfg, Box::new(spawner));
     Ok(Started {
         pool,
         task,
         children,
+        runtime_dir,
     })
 }
 

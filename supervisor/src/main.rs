@@ -1,8 +1,10 @@
 //! chaarfm-super: one ChaarFM ingestion worker per machine.
 
+mod ask;
 mod backoff;
 mod batch;
 mod cli;
+mod clock;
 mod date;
 mod doctor;
 mod embed;
@@ -12,6 +14,7 @@ mod launch;
 mod logging;
 mod os;
 mod pool;
+mod prefs;
 mod server;
 mod service;
 mod signals;
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
                 cli::ServiceCommand::Status(w) => service::status(w),
                 cli::ServiceCommand::Uninstall(w) => service::uninstall(w),
             },
+            Some(Command::Status(args)) => ask::run(args).await,
             Some(Command::Child(_)) => unreachable!("handled above"),
             None => connect(&cli.connect, cli.model.as_deref()).await,
         }
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
     let code = match result {
         Ok(Exit::Ok) => 0,
         Ok(Exit::SomeFailed) => 1,
+        Ok(Exit::NotRunning) => 3,
         Ok(Exit::Lost(n)) => {
             logging::eprint(&format!(
                 "error: {n} result(s) could be neither delivered nor saved (see above)\n"
@@ -131,8 +136,21 @@ async fn connect(args: &cli::ConnectArgs, model: Option<&std::path::Path>) -> an
             .map_err(|e| anyhow::anyhow!("refusing --cookies {}: {e}", c.display()))?;
     }
     let state_dir = args.state_dir.clone().unwrap_or_else(os::default_state_dir);
+    // A bad preference is refused before anything starts, with its line.
+    let prefs_source = prefs::monitor::Source {
+        flags: args.prefs.layer(),
+        path: args
+            .prefs
+            .config
+            .clone()
+            .unwrap_or_else(prefs::settings::default_path),
+        required: args.prefs.config.is_some(),
+    };
+    let prefs = prefs_source.load()?;
+    tracing::info!(config = %prefs_source.path.display(), "preferences: {}", prefs.summary());
     // Stop requests from here on end the run cleanly, start-up included.
     let signals = signals::Signals::new()?;
+    let hangups = signals::Hangups::install();
     // One supervisor per state dir, before anything in it is touched.
     let _lock = os::lock_state_dir(&state_dir)?;
     let started = launch::start_pool(&args.pool, model, &state_dir)?;
@@ -144,8 +162,18 @@ async fn connect(args: &cli::ConnectArgs, model: Option<&std::path::Path>) -> an
         state_dir,
         metrics: args.metrics,
         cookies: args.cookies.clone(),
+        prefs,
+        prefs_source,
+        runtime_dir: started.runtime_dir.clone(),
     };
-    let result = server::run(opts, started.pool.clone(), started.children, signals).await;
+    let result = server::run(
+        opts,
+        started.pool.clone(),
+        started.children,
+        signals,
+        hangups,
+    )
+    .await;
     // On every path, errors included: stop the children before waiting for the pool.
     started.pool.shutdown().await;
     let _ = started.task.await;

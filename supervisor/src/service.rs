@@ -108,6 +108,8 @@ ExecStart={exec}
 EnvironmentFile={env}
 Restart=on-failure
 RestartSec=30
+# `systemctl reload` reads the config file (the preferences) again.
+ExecReload=/bin/kill -HUP $MAINPID
 # SIGTERM drains: downloads are cancelled and handed back, embeddings finish and their
 # results are delivered or saved. Only the supervisor gets it (KillMode=mixed): a helper
 # signalled directly would die mid-download; the rest is SIGKILLed only at the timeout.
@@ -207,6 +209,8 @@ pub fn launchd_plist(spec: &Spec) -> String {
 struct Places {
     unit: PathBuf,
     env_file: PathBuf,
+    /// The computing preferences (`prefs`), beside the environment file.
+    config: PathBuf,
     state_dir: PathBuf,
     log_file: PathBuf,
 }
@@ -224,6 +228,7 @@ fn places(user: bool, state_dir: Option<&Path>) -> anyhow::Result<Places> {
         return Ok(Places {
             unit: home.join(format!("Library/LaunchAgents/{LAUNCHD_LABEL}.plist")),
             env_file: PathBuf::new(),
+            config: crate::prefs::settings::default_path(),
             state_dir: state_dir
                 .map(Path::to_path_buf)
                 .unwrap_or_else(crate::os::default_state_dir),
@@ -238,6 +243,7 @@ fn places(user: bool, state_dir: Option<&Path>) -> anyhow::Result<Places> {
         Ok(Places {
             unit: config.join(format!("systemd/user/{NAME}.service")),
             env_file: config.join(NAME).join("worker.env"),
+            config: config.join(NAME).join("config.toml"),
             state_dir: state_dir
                 .map(Path::to_path_buf)
                 .unwrap_or_else(crate::os::default_state_dir),
@@ -247,6 +253,7 @@ fn places(user: bool, state_dir: Option<&Path>) -> anyhow::Result<Places> {
         Ok(Places {
             unit: PathBuf::from(format!("/etc/systemd/system/{NAME}.service")),
             env_file: PathBuf::from(format!("/etc/{NAME}/worker.env")),
+            config: PathBuf::from(format!("/etc/{NAME}/config.toml")),
             // systemd's StateDirectory, owned by the service's transient user.
             state_dir: PathBuf::from(format!("/var/lib/{NAME}")),
             log_file: PathBuf::new(),
@@ -274,6 +281,23 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         std::fs::rename(&tmp, path)
     };
     write().with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes the config file: the preferences given as flags over the file's own values
+/// (so installing again keeps what its owner set), readable by the service's user
+/// (0644; a system service's is a transient one).
+fn write_config(path: &Path, flags: &crate::prefs::settings::Layer) -> anyhow::Result<()> {
+    use crate::prefs::settings;
+    let kept = settings::read(path, false)?;
+    let text = settings::file_text(&flags.over(&kept).prefs());
+    write_private(path, &text)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("making {} readable", path.display()))?;
+    }
+    Ok(())
 }
 
 /// `service install`.
@@ -317,6 +341,12 @@ pub fn install(args: &ServiceInstallArgs) -> anyhow::Result<Exit> {
             .with_context(|| format!("creating the state dir {}", places.state_dir.display()))?;
     }
     let mut service_args = c.service_args(&places.state_dir);
+    // The preferences live in the config file, which its owner can edit and the worker
+    // reads again: not as flags, which would win over it.
+    service_args.splice(
+        0..0,
+        ["--config".into(), places.config.clone().into_os_string()],
+    );
     if cfg!(target_os = "macos") {
         // launchd does not rotate; the worker does (a new file each day, 7 kept).
         service_args.splice(
@@ -353,8 +383,19 @@ pub fn install(args: &ServiceInstallArgs) -> anyhow::Result<Exit> {
                 env_file(&shown.url, &shown.code)
             );
         }
+        let kept = crate::prefs::settings::read(&places.config, false)?;
+        say!(
+            "# {}\n{}",
+            places.config.display(),
+            crate::prefs::settings::file_text(&c.prefs.layer().over(&kept).prefs())
+        );
         return Ok(Exit::Ok);
     }
+    write_config(&places.config, &c.prefs.layer())?;
+    say!(
+        "wrote {} (the computing preferences: edit it, the worker reads it again)",
+        places.config.display()
+    );
     if cfg!(target_os = "macos") {
         write_private(&places.unit, &launchd_plist(&spec))?;
         say!(

@@ -58,6 +58,34 @@ impl Signals {
     }
 }
 
+/// SIGHUP: "read the preferences again" (`prefs::monitor`). Never on Windows, which
+/// has no such signal (a change of the file is seen there too).
+pub struct Hangups {
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    /// Starts listening for SIGHUP (on Unix; nothing to listen for elsewhere).
+    pub fn install() -> Self {
+        Self {
+            #[cfg(unix)]
+            hup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+        }
+    }
+
+    /// Waits for the next SIGHUP.
+    pub async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(h) = self.hup.as_mut() {
+            if h.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
+}
+
 /// The second stop request: exits now. Helpers are killed and the runtime directory goes
 /// first, then the log is flushed.
 pub fn exit_now(code: i32) -> ! {

@@ -70,6 +70,12 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     imp::free_bytes(dir)
 }
 
+/// Windows' power status: (on AC power, battery charge %), when it has a battery and
+/// knows; `None` elsewhere (other systems are read by `prefs::power`).
+pub fn system_power() -> Option<(bool, Option<u8>)> {
+    imp::system_power()
+}
+
 /// Makes sure no child outlives the supervisor, where the children cannot see to it
 /// themselves (Windows: a kill-on-close Job Object). Call before spawning anything.
 pub fn contain_children() -> std::io::Result<()> {

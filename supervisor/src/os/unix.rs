@@ -37,6 +37,11 @@ pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     Some(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
 }
 
+/// Read from sysfs or pmset instead (`prefs::power`).
+pub fn system_power() -> Option<(bool, Option<u8>)> {
+    None
+}
+
 /// Nothing to do: each child sets PR_SET_PDEATHSIG itself (`child::isolation::harden`).
 pub fn contain_children() -> std::io::Result<()> {
     Ok(())

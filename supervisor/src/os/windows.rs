@@ -20,9 +20,36 @@ pub fn pid_alive(pid: u32) -> bool {
     sys.process(p).is_some()
 }
 
-/// Not measured on Windows yet (`doctor` says "unknown").
-pub fn free_bytes(_dir: &std::path::Path) -> Option<u64> {
-    None
+/// Bytes free for this user on the volume holding `dir`.
+pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::windows::ffi::OsStrExt;
+    use windows_sys::Win32::Storage::FileSystem::GetDiskFreeSpaceExW;
+    let wide: Vec<u16> = dir.as_os_str().encode_wide().chain(Some(0)).collect();
+    let mut free: u64 = 0;
+    // SAFETY: `wide` is NUL-terminated; the out pointer is a live u64, the others null.
+    let ok = unsafe {
+        GetDiskFreeSpaceExW(
+            wide.as_ptr(),
+            &mut free,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
+    (ok != 0).then_some(free)
+}
+
+/// `GetSystemPowerStatus`: on AC (unknown counts as AC), and the charge when known;
+/// `None` without a system battery.
+pub fn system_power() -> Option<(bool, Option<u8>)> {
+    use windows_sys::Win32::System::Power::{GetSystemPowerStatus, SYSTEM_POWER_STATUS};
+    // SAFETY: SYSTEM_POWER_STATUS is plain data; the call fills the struct we own.
+    let mut st: SYSTEM_POWER_STATUS = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to that struct.
+    if unsafe { GetSystemPowerStatus(&mut st) } == 0 || st.BatteryFlag == 128 {
+        return None;
+    }
+    let pct = (st.BatteryLifePercent <= 100).then_some(st.BatteryLifePercent);
+    Some((st.ACLineStatus != 0, pct))
 }
 
 /// Puts this process in a job that kills every process in it when its last handle

@@ -10,13 +10,21 @@ use tokio::sync::watch;
 
 use super::intake::Intake;
 use super::outbox::Outbox;
+use super::record::Record;
 use super::{download, youtube};
 use crate::pool::Pool;
+use crate::prefs::monitor::Decider;
 
 /// What the lanes, the hub and the job tasks share: settings and published state
 /// (`watch`es). What changes per job is the hub's alone (`server::hub`).
 pub struct Ctx {
     pub pool: Pool,
+    /// The computing preferences and what they decide (`prefs::monitor`).
+    pub prefs: Arc<Decider>,
+    /// Tracks done per hour, today, in all; the last failures (`status`, the page).
+    pub record: Arc<Record>,
+    /// yt-dlp's version and when it was asked (`report`).
+    pub ytdlp_seen: std::sync::Mutex<Option<(Instant, String)>>,
     pub outbox: Arc<Outbox>,
     pub limits: download::Limits,
     pub ytdlp: Option<download::YtDlp>,

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use chaarfm_shared::server::{JobResult, Outcome, ServerJob, WorkerMsg};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::intake::{pause, pause_youtube, Intake};
+use super::intake::{pause, pause_youtube, reopen, Intake};
 use super::outbox::{Entry, Outbox};
 use super::work::{End, LocalFault, LocalKind};
 
@@ -184,6 +184,10 @@ pub struct Facts {
     pub welcome: watch::Receiver<Option<usize>>,
     /// Whether any lane is connected now (the status line, `/metrics`).
     pub connected: Arc<watch::Sender<bool>>,
+    /// What the computing preferences want: a recovery reopens into their pause.
+    pub preference: watch::Receiver<Option<crate::prefs::decide::Pause>>,
+    /// Counts each result stored, for `status` and the page.
+    pub record: Arc<super::record::Record>,
 }
 
 struct State {
@@ -258,7 +262,7 @@ impl State {
         }
         if self.held.is_empty() {
             tracing::info!("no job held to try YouTube with: taking jobs again");
-            let _ = self.intake.send(Intake::Open);
+            reopen(&self.intake, &self.facts.preference);
             return;
         }
         let (lane, job) = self.held.remove(0);
@@ -369,7 +373,7 @@ impl State {
                             tracing::info!(
                                 "resumed: YouTube takes this machine again; taking jobs"
                             );
-                            let _ = self.intake.send(Intake::Open);
+                            reopen(&self.intake, &self.facts.preference);
                         }
                     }
                 }
@@ -396,14 +400,15 @@ impl State {
                 }
                 for entry in entries {
                     self.summary.jobs_done += 1;
-                    if matches!(
-                        &entry.msg,
-                        WorkerMsg::Result(JobResult {
-                            outcome: Outcome::Failed { .. },
-                            ..
-                        })
-                    ) {
+                    if let WorkerMsg::Result(JobResult {
+                        outcome: Outcome::Failed { error },
+                        ..
+                    }) = &entry.msg
+                    {
                         self.summary.failed += 1;
+                        self.facts.record.failed(&entry.job_id, error);
+                    } else {
+                        self.facts.record.stored();
                     }
                     self.release(entry.lane);
                     self.send(entry.lane, LaneCmd::Result(entry));
@@ -484,7 +489,8 @@ impl State {
         match fault.kind {
             LocalKind::Disk => pause(&self.intake, fault.message.clone()),
             LocalKind::YouTube => pause_youtube(&self.intake, fault.message.clone()),
-            LocalKind::Pool | LocalKind::Stopping | LocalKind::Network => {}
+            // Its pause is already applied (`Ctx::low_disk`).
+            LocalKind::Pool | LocalKind::Stopping | LocalKind::Network | LocalKind::Preference => {}
         }
         let job_id = job.job_id.clone();
         let tries = {
@@ -495,7 +501,8 @@ impl State {
         let keep = !self.protocol2()
             && !self.draining
             && !matches!(fault.kind, LocalKind::Pool | LocalKind::Stopping)
-            && (tries <= MAX_LOCAL_RETRIES || fault.kind == LocalKind::YouTube)
+            && (tries <= MAX_LOCAL_RETRIES
+                || matches!(fault.kind, LocalKind::YouTube | LocalKind::Preference))
             && !self.others_connected(lane);
         if keep {
             tracing::warn!(job = %job_id, reason = %fault.message, "job kept for later (a fault of this machine, not the track's): its connection is the session's last, and closing it would delete the server's queue");
@@ -664,6 +671,8 @@ mod tests {
         let facts = Facts {
             welcome: welcome.subscribe(),
             connected: Arc::clone(&connected),
+            preference: watch::channel(None).1,
+            record: Arc::new(super::super::record::Record::open(&dir)),
         };
         let (hub, _task) = Hub::start(outbox, Arc::clone(&intake), facts, runner);
         Fixture {
@@ -803,6 +812,8 @@ mod tests {
         let facts = Facts {
             welcome: f.welcome.subscribe(),
             connected: Arc::clone(&f.connected),
+            preference: watch::channel(None).1,
+            record: Arc::new(super::super::record::Record::open(&f.dir)),
         };
         let (hub, _t) = Hub::start(
             Arc::new(Outbox::open(&f.dir, here()).unwrap()),

@@ -1,5 +1,6 @@
-//! `--metrics ADDR`: Prometheus (OpenMetrics text) at `/metrics` and a health check at
-//! `/healthz`, for watching an overnight run from outside. Off by default; the address
+//! `--metrics ADDR`: Prometheus (OpenMetrics text) at `/metrics`, a health check at
+//! `/healthz`, the status page at `/` (`server::page`) and its figures at `/status.json`
+//! (`server::report`), for watching an overnight run from outside. Off by default; the address
 //! is loopback unless the user names another.
 //!
 //! Each scrape encodes the same figures as the status line (`status::snapshot`), taken
@@ -26,6 +27,9 @@ const MAX_REQUEST: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Labels = Vec<(String, String)>;
+
+/// Every `reason` of `chaarfm_paused` (`Intake::label`).
+const PAUSE_REASONS: [&str; 6] = ["disk", "youtube", "battery", "hours", "disk_space", "busy"];
 
 fn label(k: &str, v: &str) -> Labels {
     vec![(k.to_string(), v.to_string())]
@@ -87,14 +91,14 @@ pub fn render(s: &Snapshot) -> String {
         reg.register(name, help, ConstGauge::new(v));
     }
     let paused = Family::<Labels, Gauge>::default();
-    for reason in ["disk", "youtube"] {
+    for reason in PAUSE_REASONS {
         paused
             .get_or_create(&label("reason", reason))
             .set(i64::from(s.paused == Some(reason)));
     }
     reg.register(
         "paused",
-        "1 while intake is paused, by reason (disk: the state dir; youtube: YouTube refuses this machine)",
+        "1 while intake is paused, by reason (disk: the state dir cannot be written; youtube: YouTube refuses this machine; the preferences: battery, hours, disk_space, busy)",
         paused,
     );
     reg.register(
@@ -173,6 +177,17 @@ async fn answer(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             render(&snapshot(ctx, hub, started, children).await),
         ),
+        ("GET", "/") => (
+            "200 OK",
+            "text/html; charset=utf-8",
+            super::page::html(&super::report::build(ctx, hub, started, children).await),
+        ),
+        ("GET", "/status.json") => (
+            "200 OK",
+            "application/json",
+            serde_json::to_string(&super::report::build(ctx, hub, started, children).await)
+                .unwrap_or_default(),
+        ),
         ("GET", "/healthz") => {
             let s = snapshot(ctx, hub, started, children).await;
             if s.alive > 0 {
@@ -192,7 +207,7 @@ async fn answer(
         ("GET", _) => (
             "404 Not Found",
             "text/plain",
-            "/metrics or /healthz\n".into(),
+            "/, /status.json, /metrics or /healthz\n".into(),
         ),
         _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
     };
@@ -233,6 +248,8 @@ mod tests {
             "chaarfm_download_oldest_seconds 42.0",
             "chaarfm_paused{reason=\"disk\"} 0",
             "chaarfm_paused{reason=\"youtube\"} 0",
+            "chaarfm_paused{reason=\"battery\"} 0",
+            "chaarfm_paused{reason=\"busy\"} 0",
             "chaarfm_last_error_timestamp_seconds 1790000000",
             "# TYPE chaarfm_jobs counter",
             "# EOF",
@@ -243,11 +260,12 @@ mod tests {
             );
         }
         let paused = render(&Snapshot {
-            paused: Some("youtube"),
+            paused: Some("battery"),
             ..s
         });
         for line in [
-            "chaarfm_paused{reason=\"youtube\"} 1",
+            "chaarfm_paused{reason=\"battery\"} 1",
+            "chaarfm_paused{reason=\"youtube\"} 0",
             "chaarfm_paused{reason=\"disk\"} 0",
         ] {
             assert!(

@@ -20,6 +20,7 @@
 //!   connection on purpose (`Hub::may_close`): while paused one stays open, and a job
 //!   that arrives on it is held until intake reopens.
 
+pub mod control;
 pub mod ctx;
 pub mod download;
 pub mod guard;
@@ -28,7 +29,10 @@ pub mod intake;
 pub mod metrics;
 pub mod names;
 pub mod outbox;
+pub mod page;
 pub mod probe;
+pub mod record;
+pub mod report;
 pub mod status;
 pub mod stopping;
 pub mod url;
@@ -49,7 +53,10 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::backoff::Backoff;
 use crate::exit::Exit;
 use crate::pool::Pool;
-use crate::signals::Signals;
+use crate::prefs::decide::Readings;
+use crate::prefs::monitor::{Decider, Source};
+use crate::prefs::settings::Prefs;
+use crate::signals::{Hangups, Signals};
 use ctx::Ctx;
 use hub::{Hub, LaneCmd, LaneHandle, LaneView};
 use intake::Intake;
@@ -88,6 +95,11 @@ pub struct Options {
     pub metrics: Option<std::net::SocketAddr>,
     /// `--cookies FILE` for yt-dlp (checked private at start).
     pub cookies: Option<PathBuf>,
+    /// The computing preferences in force at start, and where they are read again from.
+    pub prefs: Prefs,
+    pub prefs_source: Source,
+    /// The pool's runtime dir: `status`'s control socket goes there too.
+    pub runtime_dir: PathBuf,
 }
 
 /// `{base}/ws/remote/{code}/worker` with http(s) -> ws(s), the code checked.
@@ -192,13 +204,35 @@ async fn recover(ctx: Arc<Ctx>) {
             match ok {
                 Ok(Ok(())) => {
                     tracing::info!("the state dir can be written again: taking jobs");
-                    let _ = ctx.intake.send(Intake::Open);
+                    intake::reopen(&ctx.intake, &ctx.prefs.subscribe());
                     break;
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, "state dir still failing"),
                 Err(_) => {}
             }
         }
+    }
+}
+
+/// Applies the preferences' pause to intake, now and at each change (`intake::prefer`).
+async fn apply_preferences(ctx: Arc<Ctx>) {
+    let mut wanted = ctx.prefs.subscribe();
+    loop {
+        let p = wanted.borrow_and_update().clone();
+        intake::prefer(&ctx.intake, p);
+        if wanted.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Saves the record of tracks done every minute (and the caller saves it at exit).
+async fn save_record(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(status::EVERY);
+    loop {
+        tick.tick().await;
+        let c = Arc::clone(&ctx);
+        let _ = tokio::task::spawn_blocking(move || c.record.save()).await;
     }
 }
 
@@ -215,6 +249,7 @@ pub async fn run(
     pool: Pool,
     children: usize,
     mut signals: Signals,
+    hangups: Hangups,
 ) -> anyhow::Result<Exit> {
     let url = worker_url(&opts.base, &opts.code)?;
     let masked_url = url.replace(
@@ -255,8 +290,20 @@ pub async fn run(
             path.display()
         );
     }
+    // The first decision before any connection: a worker started on battery takes no job.
+    let decider = Arc::new(Decider::new(opts.prefs.clone(), &opts.state_dir));
+    decider.observe(&Readings {
+        power: Some(crate::prefs::power::read()),
+        minute: Some(crate::clock::local_minute()),
+        free_disk: crate::os::free_bytes(&opts.state_dir),
+        others_cpu: None,
+    });
+    let first = decider.pause();
     let ctx = Arc::new(Ctx {
         pool,
+        prefs: Arc::clone(&decider),
+        record: Arc::new(record::Record::open(&opts.state_dir)),
+        ytdlp_seen: Default::default(),
         outbox: Arc::new(outbox),
         limits: download::Limits {
             allow_private: opts.allow_private_urls,
@@ -272,7 +319,7 @@ pub async fn run(
         masked_code: mask(&opts.code),
         base: opts.base.trim_end_matches('/').to_string(),
         draining: watch::channel(false).0,
-        intake: Arc::new(watch::channel(Intake::Open).0),
+        intake: Arc::new(watch::channel(first.map_or(Intake::Open, Intake::Preference)).0),
         welcome: watch::channel(None).0,
         connected: Arc::new(watch::channel(false).0),
         fatal: watch::channel(None).0,
@@ -291,6 +338,16 @@ pub async fn run(
     let facts = hub::Facts {
         welcome: ctx.welcome.subscribe(),
         connected: Arc::clone(&ctx.connected),
+        preference: ctx.prefs.subscribe(),
+        record: Arc::clone(&ctx.record),
+    };
+    // `chaarfm-super status` asks through this socket; a failure only costs that.
+    let control = match control::listen(&opts.state_dir, &opts.runtime_dir) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open the control socket: `chaarfm-super status` will not find this worker");
+            None
+        }
     };
     let (hub, hub_task) = Hub::start(
         Arc::clone(&ctx.outbox),
@@ -311,9 +368,30 @@ pub async fn run(
     ));
     let rec = tokio::spawn(recover(Arc::clone(&ctx)));
     let rec_youtube = tokio::spawn(recover_youtube(Arc::clone(&ctx)));
+    let prefs_task = tokio::spawn(crate::prefs::monitor::run(
+        Arc::clone(&decider),
+        opts.prefs_source.clone(),
+        hangups,
+    ));
+    let apply_task = tokio::spawn(apply_preferences(Arc::clone(&ctx)));
+    let track_task = tokio::spawn(report::track(Arc::clone(&ctx)));
+    let save_task = tokio::spawn(save_record(Arc::clone(&ctx)));
+    let (control_task, published) = match control {
+        Some((listener, published)) => (
+            Some(tokio::spawn(control::serve(
+                listener,
+                Arc::clone(&ctx),
+                hub.clone(),
+                started,
+                children,
+            ))),
+            Some(published),
+        ),
+        None => (None, None),
+    };
     let metrics_task = metrics_listener.map(|l| {
         if let Ok(a) = l.local_addr() {
-            tracing::info!("metrics on http://{a}/metrics and /healthz");
+            tracing::info!("status page on http://{a}/ (also /status.json, /metrics, /healthz)");
         }
         tokio::spawn(metrics::serve(
             l,
@@ -394,6 +472,16 @@ pub async fn run(
     rec.abort();
     rec_youtube.abort();
     status_task.abort();
+    for t in [prefs_task, apply_task, track_task, save_task] {
+        t.abort();
+    }
+    if let Some(t) = &control_task {
+        t.abort();
+    }
+    drop(published);
+    if let Err(e) = ctx.record.save() {
+        tracing::warn!(error = %e, "cannot save the record of tracks done");
+    }
     if let Some(t) = &metrics_task {
         t.abort();
     }
@@ -443,6 +531,7 @@ async fn lane(ctx: Arc<Ctx>, hub: Hub, mut me: LaneHandle) {
     let mut backoff = Backoff::reconnect();
     let mut draining = ctx.draining.subscribe();
     let mut intake = ctx.intake.subscribe();
+    let mut connected = ctx.connected.subscribe();
     let settled = |v: &watch::Receiver<LaneView>| {
         let v = v.borrow();
         v.busy == 0 && v.pending.is_empty()
@@ -466,11 +555,14 @@ async fn lane(ctx: Arc<Ctx>, hub: Hub, mut me: LaneHandle) {
         // Today's server: a connection is a request for a job, so none while paused, even
         // for a lane whose job is still running (its result waits for the resume, or a
         // drain delivers it). Reconnecting then would only fetch jobs to hand back.
+        // Except lane 0 when no lane is connected at all: the session's last connection
+        // keeps the server's queue (a pause of hours must survive a lost connection).
         if !ctx.protocol2() {
-            while ctx.paused() && !*draining.borrow() {
+            while ctx.paused() && !*draining.borrow() && (id != 0 || *connected.borrow()) {
                 tokio::select! {
                     _ = intake.changed() => {}
                     _ = draining.changed() => {}
+                    _ = connected.changed() => {}
                 }
             }
             if *draining.borrow() && settled(&me.view) {

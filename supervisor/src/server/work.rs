@@ -42,6 +42,9 @@ pub enum LocalKind {
     /// The download stalled twice (nothing written for `CHAARFM_DOWNLOAD_STALL_S`): the
     /// network's fault, not the track's.
     Network,
+    /// The preferences paused intake just before the download (too little free disk:
+    /// `min-free-disk-gb`); the job waits for the resume.
+    Preference,
 }
 
 impl Fail {
@@ -339,7 +342,24 @@ async fn attempt(ctx: &Ctx, source: &Source, stem: &str) -> Result<Downloaded, D
     }
 }
 
+/// Before a download: too little free disk for the preferences (`min-free-disk-gb`)
+/// pauses intake at once, and the job waits for the resume.
+fn low_disk(ctx: &Ctx) -> Result<(), Fail> {
+    match ctx.prefs.check_disk() {
+        None => Ok(()),
+        Some(p) => {
+            let message = format!("paused before downloading: {}", p.reason);
+            super::intake::prefer(&ctx.intake, Some(p));
+            Err(Fail::Local(LocalFault {
+                kind: LocalKind::Preference,
+                message,
+            }))
+        }
+    }
+}
+
 async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<Value, Fail> {
+    low_disk(ctx)?;
     let stem = super::names::job_stem(job_id);
     // Recreated if something removed it; failing that, the disk is the problem.
     crate::os::ensure_private_dir(&ctx.tmp).map_err(|e| {
