@@ -4,6 +4,7 @@
 #   - cmake: builds libsamplerate (samplerate crate) and libopus (opusic-sys) from source.
 #   - systemd (for systemd-analyze): the tests verify the service units it generates.
 #   - ffmpeg: the formats tests make their inputs with it (the product never needs it).
+#   - chromium: a test loads the status page (`GET /`) headless (the product never needs it).
 #   - ONNX Runtime: the shared library from the `onnxruntime` wheel on PyPI, unpacked into
 #     .deps/onnxruntime/ (.cargo/config.toml points ORT_DYLIB_PATH there for cargo).
 #   - yt-dlp[default] and deno (the JavaScript runtime yt-dlp needs for YouTube since
@@ -24,6 +25,8 @@ if [ "$(uname -s)" = Linux ]; then
   # For the tests only: they encode corpus audio in every format, and exercise the
   # decoder's ffmpeg fallback. The product never requires ffmpeg.
   command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
+  # For the tests only: the status page is loaded in headless Chromium.
+  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -39,7 +39,9 @@ fn main() -> anyhow::Result<()> {
     }
     let state = TempDir::new("bench-server-state");
     let t = Instant::now();
-    let mut sup = Command::new(binary())
+    let mut cmd = Command::new(binary());
+    chaarfm_tests::machine_neutral(&mut cmd);
+    let mut sup = cmd
         .args([
             "--url",
             &mock.base_url(),

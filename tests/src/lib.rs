@@ -101,6 +101,17 @@ fn newer_source(binary: &Path) -> Option<PathBuf> {
         })
 }
 
+/// Connect mode as the tests run it: the computing preferences that depend on the machine
+/// held still (no battery, no config file of the user, other programs' CPU and the disk's
+/// free space not watched), so a laptop on battery, a busy CI machine or a small disk
+/// cannot pause a worker mid-test. `tests/tests/prefs.rs` tests the preferences.
+pub fn machine_neutral(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    let none = std::env::temp_dir().join("chaarfm-tests-no-such-dir");
+    cmd.args(["--pause-when-busy", "off", "--min-free-disk-gb", "0"])
+        .env("CHAARFM_POWER_SUPPLY_DIR", &none)
+        .env("XDG_CONFIG_HOME", &none)
+}
+
 /// A fresh, empty temporary directory, removed on drop.
 pub struct TempDir(PathBuf);
 
@@ -397,6 +408,11 @@ impl Spawned {
     /// Whether stderr so far holds `text` (poll it with [`wait_until`]).
     pub fn stderr_contains(&self, text: &str) -> bool {
         String::from_utf8_lossy(&self.err_so_far.lock().unwrap()).contains(text)
+    }
+
+    /// stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        String::from_utf8_lossy(&self.err_so_far.lock().unwrap()).into()
     }
 
     pub fn id(&self) -> u32 {

@@ -438,6 +438,7 @@ impl Mock {
             "--state-dir",
         ])
         .arg(state);
+        crate::machine_neutral(&mut cmd);
         cmd
     }
 

@@ -3,7 +3,8 @@
 //! files beside it, so a test can change it while the worker runs:
 //! - `mode`: `ok` ("downloads" the clip to the `-o` template and prints yt-dlp's JSON),
 //!   `slow:N` (first writes a `.part` file in N steps of 0.2 s), `silent:N` (prints and
-//!   writes nothing for the first N calls of a video, then `ok`), or an error line to
+//!   writes nothing for the first N calls of a video, then `ok`), `gate` (waits until
+//!   [`FakeYtDlp::open_gate`], then `ok`), or an error line to
 //!   print, exit 1 (`@ID@` becomes the video id: yt-dlp's real messages);
 //! - `mode-<id>` overrides it for one video;
 //! - `version` is what `--version` prints.
@@ -45,6 +46,7 @@ trap 'echo "ERROR: Interrupted by user" >&2; exit 1' INT
 dest=$(printf '%s' "$tmpl" | sed 's/%(ext)s/wav/')
 case "$mode" in
   ok) ;;
+  gate) while [ ! -f "$dir/open" ]; do sleep 0.1; done ;;
   silent:*)
     if [ "$(wc -l < "$dir/calls-$id")" -le "${{mode#silent:}}" ]; then sleep 600; exit 1; fi ;;
   slow:*)
@@ -108,6 +110,11 @@ printf '{{"id": "%s", "title": "t %s", "webpage_url": "%s", "requested_downloads
     /// From now on, every call answers `mode`.
     pub fn answer(&self, mode: &str) {
         std::fs::write(self.dir.join("mode"), mode).expect("write the fake's mode");
+    }
+
+    /// Lets every download waiting in `gate` mode (and every later one) through.
+    pub fn open_gate(&self) {
+        std::fs::write(self.dir.join("open"), "").expect("open the fake's gate");
     }
 
     /// Video `id` answers `mode`.

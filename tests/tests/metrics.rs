@@ -62,6 +62,7 @@ fn metrics_scraped_during_a_run_count_the_jobs_done() {
             .arg("--allow-private-urls")
             .args(["--metrics", &port.to_string(), "--state-dir"])
             .arg(state.path());
+            chaarfm_tests::machine_neutral(&mut cmd);
             let mut sup = Spawned::spawn(cmd);
             // Up (healthz answers) or gone (the port was taken): whichever comes first.
             loop {

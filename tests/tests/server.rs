@@ -412,6 +412,7 @@ fn start_with(mock: &Mock, code: &str, state: &Path, extra: &[&str]) -> Spawned 
         .arg(state)
         .arg("--allow-private-urls")
         .args(extra);
+    chaarfm_tests::machine_neutral(&mut cmd);
     Spawned::spawn(cmd)
 }
 

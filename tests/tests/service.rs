@@ -40,6 +40,7 @@ fn a_user_service_keeps_the_code_in_a_private_file_and_systemd_accepts_its_unit(
         .args(["service", "install", "--user", "--no-enable"])
         .args(["--code", "SECRET77", "--url", "https://chaarfm.example"])
         .args(["--workers", "2", "--child-nice", "12"])
+        .args(["--on-battery", "run", "--hours", "22:00-07:00"])
         .env("HOME", dir.path())
         .env("XDG_CONFIG_HOME", dir.join("config"))
         .env("XDG_STATE_HOME", dir.join("state"))
@@ -73,7 +74,48 @@ fn a_user_service_keeps_the_code_in_a_private_file_and_systemd_accepts_its_unit(
     );
     assert!(text.contains(&format!("\"--state-dir\" \"{}\"", state.display())));
     assert!(text.contains("\"--workers\" \"2\"") && text.contains("\"--child-nice\" \"12\""));
+    // The preferences: in a file the worker reads again (not flags, which would win).
+    let config = dir.join("config/chaarfm-super/config.toml");
+    assert!(
+        text.contains(&format!("\"--config\" \"{}\"", config.display())),
+        "{text}"
+    );
+    assert!(
+        !text.contains("--hours") && !text.contains("--on-battery"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ExecReload=/bin/kill -HUP $MAINPID"),
+        "{text}"
+    );
+    let prefs = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        prefs.contains("on-battery = \"run\"\n") && prefs.contains("hours = \"22:00-07:00\"\n"),
+        "{prefs}"
+    );
+    let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "the service's user reads it");
     verify(&unit, true, &rt);
+    // Installing again without preference flags keeps what the file says.
+    let again = Command::new(binary())
+        .args(["service", "install", "--user", "--no-enable"])
+        .args(["--code", "SECRET77", "--pause-when-busy", "off"])
+        .env("HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let prefs = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        prefs.contains("hours = \"22:00-07:00\"\n")
+            && prefs.contains("pause-when-busy = \"off\"\n"),
+        "{prefs}"
+    );
 }
 
 #[test]
