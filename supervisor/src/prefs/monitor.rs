@@ -176,3 +176,72 @@ pub async fn run(decider: Arc<Decider>, source: Source, mut hangups: crate::sign
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prefs::decide::Power;
+
+    fn power(p: Power) -> Readings {
+        Readings {
+            power: Some(p),
+            ..Readings::default()
+        }
+    }
+
+    #[test]
+    fn a_decision_is_published_before_anyone_listens_and_only_on_a_change_of_reason() {
+        let d = Decider::new(Prefs::default(), Path::new("."));
+        // At start nobody subscribes yet: the first decision must still be kept.
+        d.observe(&power(Power::Battery(Some(42))));
+        let mut rx = d.subscribe();
+        let first = rx.borrow_and_update().clone();
+        assert_eq!(first.map(|p| p.reason), Some("on battery (42%)".into()));
+        // A new figure is not a new decision for the listeners, but `pause` has it.
+        d.observe(&power(Power::Battery(Some(41))));
+        assert!(!rx.has_changed().unwrap());
+        assert_eq!(d.pause().map(|p| p.reason), Some("on battery (41%)".into()));
+        d.observe(&power(Power::Mains));
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), None);
+        // New preferences decide again at once, with the last readings.
+        d.observe(&power(Power::Battery(Some(42))));
+        assert!(rx.borrow_and_update().is_some());
+        d.set_prefs(Prefs {
+            on_battery: crate::prefs::settings::OnBattery::Run,
+            ..Prefs::default()
+        });
+        assert_eq!(*rx.borrow_and_update(), None);
+    }
+
+    #[test]
+    fn the_source_puts_the_flags_over_the_file_and_a_named_file_must_exist() {
+        let dir = std::env::temp_dir().join(format!("chaarfm-source-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, "hours = \"22:00-07:00\"\npause-when-busy = 50\n").unwrap();
+        let flags = Layer {
+            pause_when_busy: Some(settings::Busy(None)),
+            ..Layer::default()
+        };
+        let src = Source {
+            flags,
+            path: path.clone(),
+            required: true,
+        };
+        let p = src.load().unwrap();
+        assert_eq!(p.pause_when_busy, None, "the flag wins");
+        assert_eq!(
+            p.hours.map(|h| h.to_string()).as_deref(),
+            Some("22:00-07:00")
+        );
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(src.load(), Err(ConfigError::Read { .. })));
+        let optional = Source {
+            required: false,
+            ..src
+        };
+        assert_eq!(optional.load().unwrap().pause_when_busy, None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -921,6 +921,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_low_disk_preference_holds_the_job_however_often_until_the_preference_lifts() {
+        use crate::prefs::decide::Pause;
+        let f = fixture("lowdisk");
+        let mut lane = f.hub.add_lane().await.unwrap();
+        f.hub.connected(lane.id).await;
+        f.hub.job(lane.id, job("j1", "https://youtu.be/a")).await;
+        let low = Pause {
+            label: "disk_space",
+            reason: "0.4 GB free".into(),
+        };
+        // More often than a fault's retries: a preference never hands a job back.
+        for round in 1..=MAX_LOCAL_RETRIES + 2 {
+            super::super::intake::prefer(&f.intake, Some(low.clone()));
+            f.finish(
+                0,
+                Err(LocalFault {
+                    kind: LocalKind::Preference,
+                    message: low.reason.clone(),
+                }),
+            );
+            f.hub.summary().await;
+            assert!(
+                lane.cmds.try_recv().is_err(),
+                "handed back in round {round}"
+            );
+            assert_eq!(lane.view.borrow().busy, 1);
+            super::super::intake::prefer(&f.intake, None);
+            assert!(
+                crate::server::tests::eventually(|| f.started() == 1).await,
+                "not started again once the preference lifted (round {round})"
+            );
+        }
+        f.finish(0, ok());
+        let Some(LaneCmd::Result(e)) = lane.cmds.recv().await else {
+            panic!("no result")
+        };
+        assert_eq!(e.job_id, "j1");
+        assert_eq!(f.hub.summary().await.handed_back, 0);
+    }
+
+    #[tokio::test]
     async fn youtube_refusing_holds_the_job_then_one_probe_reopens_intake() {
         let f = fixture("probe");
         let mut lane = f.hub.add_lane().await.unwrap();
