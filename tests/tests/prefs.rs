@@ -169,7 +169,8 @@ fn on_battery_no_job_starts_the_one_in_flight_finishes_and_mains_resumes() {
     );
     let (_, st) = status_json(&state);
     assert_eq!(st["tracks_total"], 3, "{st}");
-    assert_eq!(st["tracks_today"], 3, "{st}");
+    // (Today's count is the local day's: unit-tested in server::record, compared with the
+    // page below; here a run across midnight would split it.)
     assert_eq!(mock.sessions_deleted(), 0, "the pause deleted the session");
     let (code, stderr) = stop(sup);
     assert_eq!(code, Some(0), "{stderr}");
