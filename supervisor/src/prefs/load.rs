@@ -14,6 +14,10 @@ pub struct Load {
 
 impl Load {
     pub fn new() -> Load {
+        // sysinfo keeps a /proc file open for each process it indexes (up to half the fd
+        // limit): for every process of the machine, a hundred descriptors or more held
+        // for nothing, their count changing with each process that comes and goes.
+        sysinfo::set_open_files_limit(0);
         let mut l = Load {
             sys: System::new(),
             me: Pid::from_u32(std::process::id()),

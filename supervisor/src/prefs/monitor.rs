@@ -67,6 +67,11 @@ impl Decider {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether other programs' CPU is to be read (`pause-when-busy` is not off).
+    fn watches_cpu(&self) -> bool {
+        self.lock().0.pause_when_busy.is_some()
+    }
+
     /// What the preferences want now, with the reason's latest figures.
     pub fn pause(&self) -> Option<Pause> {
         self.lock().1.pause.clone()
@@ -124,7 +129,8 @@ impl Decider {
 
 /// Reads the machine and the config file until the task is dropped.
 pub async fn run(decider: Arc<Decider>, source: Source, mut hangups: crate::signals::Hangups) {
-    let mut load = Some(Load::new());
+    // Made on the first CPU reading, dropped while `pause-when-busy` is off.
+    let mut load: Option<Load> = None;
     let mut seen = source.modified();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -151,11 +157,25 @@ pub async fn run(decider: Arc<Decider>, source: Source, mut hangups: crate::sign
         let (cpu_now, disk_now) = (n % CPU_EVERY == CPU_EVERY - 1, n.is_multiple_of(DISK_EVERY));
         n = n.wrapping_add(1);
         let disk = decider.disk.clone();
+        let watches_cpu = decider.watches_cpu();
+        if !watches_cpu {
+            load = None;
+        }
+        let cpu_now = cpu_now && watches_cpu;
         let mut sampler = if cpu_now { load.take() } else { None };
         let read = tokio::task::spawn_blocking(move || {
+            let others_cpu = match &mut sampler {
+                Some(s) => Some(s.sample()),
+                None if cpu_now => {
+                    // A baseline: the next sample covers the time since.
+                    sampler = Some(Load::new());
+                    None
+                }
+                None => None,
+            };
             let r = Readings {
                 power: Some(super::power::read()),
-                others_cpu: sampler.as_mut().map(Load::sample),
+                others_cpu,
                 free_disk: if disk_now {
                     crate::os::free_bytes(&disk)
                 } else {
@@ -171,8 +191,6 @@ pub async fn run(decider: Arc<Decider>, source: Source, mut hangups: crate::sign
                 load = sampler;
             }
             decider.observe(&r);
-        } else if load.is_none() {
-            load = Some(Load::new());
         }
     }
 }
