@@ -61,6 +61,11 @@ pub fn release_day(version: &str) -> Option<i64> {
     ((1..=12).contains(&m) && (1..=31).contains(&d)).then(|| days_from_civil(y, m, d))
 }
 
+/// How many days old a `YYYY.MM.DD[.N]` version is on `today` (yt-dlp's age).
+pub fn version_age(version: &str, today: i64) -> Option<i64> {
+    release_day(version).map(|d| today - d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

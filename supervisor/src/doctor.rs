@@ -291,13 +291,12 @@ async fn ffmpeg_check() -> Check {
 /// `yt-dlp --version` is its release date, `YYYY.MM.DD[.N]`.
 pub fn ytdlp_age_check(path: &Path, version: &str, today: i64) -> Check {
     let detail = format!("{version} ({})", path.display());
-    match crate::date::release_day(version) {
-        Some(d) if today - d > YTDLP_MAX_AGE_DAYS => check(
+    match crate::date::version_age(version, today) {
+        Some(age) if age > YTDLP_MAX_AGE_DAYS => check(
             "yt-dlp",
             Status::Warn,
             format!(
-                "{detail} is {} days old: YouTube breaks old versions; update it (`pip install -U \"yt-dlp[default]\"` in its venv)",
-                today - d
+                "{detail} is {age} days old: YouTube breaks old versions; update it (`pip install -U \"yt-dlp[default]\"` in its venv)"
             ),
         ),
         Some(_) => check("yt-dlp", Status::Ok, detail),

@@ -96,11 +96,8 @@ pub struct Stats {
 impl Stats {
     /// Records that something went wrong now (`/metrics`' last error time).
     pub fn note_error(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        self.last_error_unix.store(now, Ordering::Relaxed);
+        self.last_error_unix
+            .store(crate::date::unix_now(), Ordering::Relaxed);
     }
 
     fn count_restart(&self, label: &'static str) {

@@ -119,8 +119,7 @@ pub async fn build(ctx: &Ctx, hub: &Hub, started: Instant, children: usize) -> R
         outbox: s.outbox,
         ytdlp_age_days: ytdlp_version
             .as_deref()
-            .and_then(crate::date::release_day)
-            .map(|d| crate::date::today() - d),
+            .and_then(|v| crate::date::version_age(v, crate::date::today())),
         ytdlp_version,
         per_hour: h.per_hour(now).to_vec(),
         uptime_s: s.elapsed_s as u64,
