@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
 use interprocess::local_socket::ListenerOptions;
@@ -53,7 +52,7 @@ pub fn listen(state_dir: &Path, runtime_dir: &Path) -> std::io::Result<(Listener
 }
 
 /// Answers each connection with the report, until the task is dropped.
-pub async fn serve(listener: Listener, ctx: Arc<Ctx>, hub: Hub, started: Instant, children: usize) {
+pub async fn serve(listener: Listener, ctx: Arc<Ctx>, hub: Hub) {
     loop {
         let Ok(mut conn) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -61,7 +60,7 @@ pub async fn serve(listener: Listener, ctx: Arc<Ctx>, hub: Hub, started: Instant
         };
         let (ctx, hub) = (Arc::clone(&ctx), hub.clone());
         tokio::spawn(async move {
-            let r = report::build(&ctx, &hub, started, children).await;
+            let r = report::build(&ctx, &hub).await;
             let Ok(mut line) = serde_json::to_string(&r) else {
                 return;
             };

@@ -1,13 +1,12 @@
 //! What the lanes, the hub and the job tasks share: settings fixed at start and the
-//! published state (`watch`es).
+//! hub's published facts (read-only here: `hub::Watch`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::watch;
-
+use super::facts::Watch;
 use super::intake::Intake;
 use super::outbox::Outbox;
 use super::record::Record;
@@ -40,24 +39,21 @@ pub struct Ctx {
     /// The pairing code as logs and errors may show it.
     pub(super) masked_code: String,
     pub(super) base: String,
-    /// Set once, by the first stop request: the one flag `server::stopping` reads.
-    pub(super) draining: watch::Sender<bool>,
-    pub(super) intake: Arc<watch::Sender<Intake>>,
-    /// `Some(slots)` once a server said `welcome`: protocol 2.
-    pub(super) welcome: watch::Sender<Option<usize>>,
-    /// Whether any lane is connected: written by the hub only.
-    pub(super) connected: Arc<watch::Sender<bool>>,
-    pub(super) fatal: watch::Sender<Option<String>>,
-    /// Children + 1: the next download overlaps inference.
+    /// What the hub publishes: intake, connected, welcome, the drain.
+    pub(super) watch: Watch,
+    /// Children in the pool, and children + 1 slots: the next download overlaps inference.
+    pub(super) children: usize,
     pub(super) slots: usize,
+    /// When connect mode started (the run's figures).
+    pub(super) started: Instant,
 }
 
 impl Ctx {
     pub(super) fn paused(&self) -> bool {
-        *self.intake.borrow() != Intake::Open
+        *self.watch.intake.borrow() != Intake::Open
     }
 
     pub(super) fn protocol2(&self) -> bool {
-        self.welcome.borrow().is_some()
+        self.watch.welcome.borrow().is_some()
     }
 }

@@ -14,6 +14,11 @@
 //! connected ([`Hub::may_close`]). A job that cannot be handed back for that reason,
 //! or that arrives while intake is paused, is held here and started when intake
 //! reopens.
+//!
+//! Every published fact has one writer, the hub (`facts::Published`): whether a lane is
+//! connected, intake (faults, recoveries, the preferences), the server's `welcome`, the
+//! drain. Everyone else reads them through `facts::Watch` and tells
+//! the hub what happened.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,7 +28,8 @@ use std::sync::Arc;
 use chaarfm_shared::server::{JobResult, Outcome, ServerJob, WorkerMsg};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::intake::{pause, pause_youtube, reopen, Intake};
+use super::facts::{Out, Published};
+use super::intake::{pause, pause_youtube, prefer, reopen, Intake};
 use super::outbox::{Entry, Outbox};
 use super::work::{End, LocalFault, LocalKind};
 
@@ -74,6 +80,14 @@ pub struct Summary {
 
 enum Event {
     AddLane(oneshot::Sender<LaneHandle>),
+    /// The server said `welcome` (protocol 2) with its number of slots.
+    Welcome(usize),
+    /// The state dir can be written again (`server::recover::disk`).
+    Recovered(oneshot::Sender<()>),
+    /// YouTube's back-off ended (`server::recover::youtube`): probe, or reopen.
+    YouTubeWaitOver(oneshot::Sender<()>),
+    /// The end of the run: the hub's task returns.
+    Stop,
     /// A lane (re)connected: the results it must send first.
     Connected(usize, oneshot::Sender<Vec<Entry>>),
     /// A lane took a job; answered once the job is counted as held.
@@ -101,14 +115,15 @@ impl Hub {
     /// Starts the hub's task.
     pub fn start(
         outbox: Arc<Outbox>,
-        intake: Arc<watch::Sender<Intake>>,
+        published: Published,
         facts: Facts,
         runner: Runner,
     ) -> (Hub, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = State {
             outbox,
-            intake,
+            intake: published.intake,
+            out: published.out,
             facts,
             runner,
             events: tx.clone(),
@@ -158,6 +173,28 @@ impl Hub {
         let _ = self.0.send(Event::Drain);
     }
 
+    /// The server said `welcome`: protocol 2, `slots` jobs outstanding.
+    pub fn welcome(&self, slots: usize) {
+        let _ = self.0.send(Event::Welcome(slots));
+    }
+
+    /// The state dir works again: intake reopens (into the preferences' pause, if any).
+    /// Returns once applied.
+    pub async fn recovered(&self) {
+        let _ = self.ask(Event::Recovered).await;
+    }
+
+    /// YouTube's back-off ended: today's server gets one job as a probe, protocol 2
+    /// simply resumes. Returns once applied.
+    pub async fn youtube_wait_over(&self) {
+        let _ = self.ask(Event::YouTubeWaitOver).await;
+    }
+
+    /// Ends the hub's task (after the last summary).
+    pub fn stop(&self) {
+        let _ = self.0.send(Event::Stop);
+    }
+
     /// Hands a job taken on `lane` to the hub; returns once it counts as held.
     pub async fn job(&self, lane: usize, job: ServerJob) {
         let _ = self.ask(|r| Event::Job(lane, job, r)).await;
@@ -177,14 +214,10 @@ impl Hub {
 /// Who waits for a job key's end: every (lane, job) that asked for it.
 type Waiters = Vec<(usize, ServerJob)>;
 
-/// What the hub reads and publishes besides its own state.
+/// What the hub reads besides its own events.
 pub struct Facts {
-    /// `Some(slots)` once the server said `welcome` (protocol 2): it never deletes a
-    /// session for a closed connection, and takes hand-backs as `release`.
-    pub welcome: watch::Receiver<Option<usize>>,
-    /// Whether any lane is connected now (the status line, `/metrics`).
-    pub connected: Arc<watch::Sender<bool>>,
-    /// What the computing preferences want: a recovery reopens into their pause.
+    /// What the computing preferences want: intake follows it (`intake::prefer`), and a
+    /// recovery reopens into its pause.
     pub preference: watch::Receiver<Option<crate::prefs::decide::Pause>>,
     /// Counts each result stored, for `status` and the page.
     pub record: Arc<super::record::Record>,
@@ -193,6 +226,7 @@ pub struct Facts {
 struct State {
     outbox: Arc<Outbox>,
     intake: Arc<watch::Sender<Intake>>,
+    out: Out,
     facts: Facts,
     runner: Runner,
     events: mpsc::UnboundedSender<Event>,
@@ -219,12 +253,20 @@ struct Lane {
 impl State {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
         let mut intake = self.intake.subscribe();
+        let mut preference = self.facts.preference.clone();
+        // What the preferences want now (intake's first value, unless they changed since).
+        let wanted = preference.borrow_and_update().clone();
+        prefer(&self.intake, wanted);
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
+                    Some(Event::Stop) | None => return,
                     Some(ev) => self.handle(ev),
-                    None => return,
                 },
+                Ok(()) = preference.changed() => {
+                    let wanted = preference.borrow_and_update().clone();
+                    prefer(&self.intake, wanted);
+                }
                 Ok(()) = intake.changed() => {
                     let now = intake.borrow_and_update().clone();
                     match now {
@@ -239,7 +281,7 @@ impl State {
     }
 
     fn protocol2(&self) -> bool {
-        self.facts.welcome.borrow().is_some()
+        self.out.welcome.borrow().is_some()
     }
 
     fn paused(&self) -> bool {
@@ -299,6 +341,31 @@ impl State {
                     view: view_rx,
                 });
             }
+            Event::Welcome(slots) => {
+                self.out.welcome.send_replace(Some(slots));
+            }
+            Event::Recovered(done) => {
+                if matches!(*self.intake.borrow(), Intake::Paused(_)) {
+                    reopen(&self.intake, &self.facts.preference);
+                }
+                let _ = done.send(());
+            }
+            Event::YouTubeWaitOver(done) => {
+                let next = if self.protocol2() {
+                    Intake::Open
+                } else {
+                    Intake::Probe
+                };
+                self.intake.send_if_modified(|i| {
+                    let yes = matches!(i, Intake::YouTube(_));
+                    if yes {
+                        *i = next;
+                    }
+                    yes
+                });
+                let _ = done.send(());
+            }
+            Event::Stop => {}
             Event::Connected(lane, reply) => {
                 if let Some(l) = self.lanes.get_mut(lane) {
                     l.connected = true;
@@ -328,6 +395,7 @@ impl State {
             }
             Event::Drain => {
                 self.draining = true;
+                self.out.draining.send_replace(true);
                 for (lane, job) in std::mem::take(&mut self.held) {
                     self.summary.handed_back += 1;
                     self.release(lane);
@@ -489,8 +557,13 @@ impl State {
         match fault.kind {
             LocalKind::Disk => pause(&self.intake, fault.message.clone()),
             LocalKind::YouTube => pause_youtube(&self.intake, fault.message.clone()),
-            // Its pause is already applied (`Ctx::low_disk`).
-            LocalKind::Pool | LocalKind::Stopping | LocalKind::Network | LocalKind::Preference => {}
+            // `work::low_disk` found the disk low: the preferences say so already, and
+            // intake follows them before this job is kept.
+            LocalKind::Preference => {
+                let wanted = self.facts.preference.borrow().clone();
+                prefer(&self.intake, wanted);
+            }
+            LocalKind::Pool | LocalKind::Stopping | LocalKind::Network => {}
         }
         let job_id = job.job_id.clone();
         let tries = {
@@ -552,7 +625,7 @@ impl State {
     /// everyone whether a lane is connected.
     fn publish(&self) {
         let any = self.lanes.iter().any(|l| l.connected);
-        self.facts.connected.send_if_modified(|c| {
+        self.out.connected.send_if_modified(|c| {
             let changed = *c != any;
             *c = any;
             changed
@@ -620,6 +693,7 @@ impl Drop for Settle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::facts::Watch;
     use chaarfm_shared::server::{DownloadJob, JobKind};
     use std::sync::Mutex;
 
@@ -641,10 +715,11 @@ mod tests {
     struct Fixture {
         hub: Hub,
         dir: std::path::PathBuf,
+        /// The hub's own intake, written here to stand for the other writers' events.
         intake: Arc<watch::Sender<Intake>>,
-        connected: Arc<watch::Sender<bool>>,
-        /// `Some`: the server said welcome (protocol 2).
-        welcome: watch::Sender<Option<usize>>,
+        watch: Watch,
+        /// What the preferences want (`prefs::monitor` in the worker).
+        preference: watch::Sender<Option<crate::prefs::decide::Pause>>,
         /// Each started job's release: the test decides how it ends.
         gates: Gates,
     }
@@ -653,9 +728,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("chaarfm-hub-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let outbox = Arc::new(Outbox::open(&dir, here()).unwrap());
-        let intake = Arc::new(watch::channel(Intake::Open).0);
-        let connected = Arc::new(watch::channel(false).0);
-        let welcome = watch::channel(None).0;
+        let (published, watch) = Published::new(Intake::Open);
+        let intake = Arc::clone(&published.intake);
         let gates: Gates = Arc::default();
         let g = Arc::clone(&gates);
         let runner: Runner = Arc::new(move |job: ServerJob| {
@@ -668,19 +742,18 @@ mod tests {
                 }
             })
         });
+        let (preference, wanted) = watch::channel(None);
         let facts = Facts {
-            welcome: welcome.subscribe(),
-            connected: Arc::clone(&connected),
-            preference: watch::channel(None).1,
+            preference: wanted,
             record: Arc::new(super::super::record::Record::open(&dir)),
         };
-        let (hub, _task) = Hub::start(outbox, Arc::clone(&intake), facts, runner);
+        let (hub, _task) = Hub::start(outbox, published, facts, runner);
         Fixture {
             hub,
             dir,
             intake,
-            connected,
-            welcome,
+            watch,
+            preference,
             gates,
         }
     }
@@ -810,14 +883,12 @@ mod tests {
             .unwrap();
         // A hub over the directory a previous run left.
         let facts = Facts {
-            welcome: f.welcome.subscribe(),
-            connected: Arc::clone(&f.connected),
             preference: watch::channel(None).1,
             record: Arc::new(super::super::record::Record::open(&f.dir)),
         };
         let (hub, _t) = Hub::start(
             Arc::new(Outbox::open(&f.dir, here()).unwrap()),
-            Arc::clone(&f.intake),
+            Published::new(Intake::Open).0,
             facts,
             Arc::new(|_| Box::pin(async { ok() })),
         );
@@ -848,7 +919,7 @@ mod tests {
         f.hub.connected(a.id).await;
         assert!(f.hub.may_close(b.id).await, "a is back");
         // Protocol 2 never deletes a session for a closed connection.
-        let _ = f.welcome.send(Some(3));
+        f.hub.welcome(3);
         assert!(f.hub.may_close(a.id).await);
     }
 
@@ -857,7 +928,7 @@ mod tests {
         let f = fixture("connected");
         let a = f.hub.add_lane().await.unwrap();
         let b = f.hub.add_lane().await.unwrap();
-        let mut seen = f.connected.subscribe();
+        let mut seen = f.watch.connected.clone();
         f.hub.connected(a.id).await;
         f.hub.connected(b.id).await;
         seen.wait_for(|c| *c).await.unwrap();
@@ -884,7 +955,7 @@ mod tests {
         );
         assert_eq!(lane.view.borrow().busy, 1, "the job still counts as held");
         assert_eq!(f.started(), 0, "not run while paused");
-        let _ = f.intake.send(Intake::Open);
+        f.hub.recovered().await;
         assert!(
             crate::server::tests::eventually(|| f.started() == 1).await,
             "not started again once intake reopened"
@@ -907,7 +978,7 @@ mod tests {
         f.hub.job(lane.id, job("j2", "https://youtu.be/b")).await;
         assert_eq!(f.started(), 0);
         assert_eq!(lane.view.borrow().busy, 2);
-        let _ = f.intake.send(Intake::Open);
+        f.hub.recovered().await;
         assert!(crate::server::tests::eventually(|| f.started() == 2).await);
         // Paused again, a job arrives, and the worker stops: it goes back to the server.
         let _ = f.intake.send(Intake::Paused("disk".into()));
@@ -933,7 +1004,8 @@ mod tests {
         };
         // More often than a fault's retries: a preference never hands a job back.
         for round in 1..=MAX_LOCAL_RETRIES + 2 {
-            super::super::intake::prefer(&f.intake, Some(low.clone()));
+            // `work::low_disk` saw the disk low: the preferences say so first.
+            f.preference.send_replace(Some(low.clone()));
             f.finish(
                 0,
                 Err(LocalFault {
@@ -947,7 +1019,8 @@ mod tests {
                 "handed back in round {round}"
             );
             assert_eq!(lane.view.borrow().busy, 1);
-            super::super::intake::prefer(&f.intake, None);
+            assert_eq!(f.watch.intake.borrow().label(), Some("disk_space"));
+            f.preference.send_replace(None);
             assert!(
                 crate::server::tests::eventually(|| f.started() == 1).await,
                 "not started again once the preference lifted (round {round})"
@@ -982,7 +1055,7 @@ mod tests {
         f.hub.summary().await;
         assert!(lane.cmds.try_recv().is_err(), "not failed, not handed back");
         // The back-off ends: one probe; YouTube still refuses: paused again, job kept.
-        let _ = f.intake.send(Intake::Probe);
+        f.hub.youtube_wait_over().await;
         assert!(crate::server::tests::eventually(|| f.started() == 1).await);
         f.finish(0, bot());
         intake
@@ -990,7 +1063,7 @@ mod tests {
             .await
             .unwrap();
         // Next probe: YouTube answers; intake reopens and the result goes out.
-        let _ = f.intake.send(Intake::Probe);
+        f.hub.youtube_wait_over().await;
         assert!(crate::server::tests::eventually(|| f.started() == 1).await);
         f.finish(0, ok());
         intake.wait_for(|i| *i == Intake::Open).await.unwrap();

@@ -7,7 +7,7 @@
 //! at that moment, so the two never disagree and nothing is counted twice.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -129,14 +129,8 @@ pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
-/// Serves `/metrics` and `/healthz` until aborted.
-pub async fn serve(
-    listener: TcpListener,
-    ctx: Arc<Ctx>,
-    hub: Hub,
-    started: Instant,
-    children: usize,
-) {
+/// Serves `/metrics` and `/healthz` until cancelled.
+pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, hub: Hub) {
     loop {
         let Ok((sock, _)) = listener.accept().await else {
             // Out of fds or similar: try again shortly rather than spin.
@@ -145,20 +139,13 @@ pub async fn serve(
         };
         let (ctx, hub) = (ctx.clone(), hub.clone());
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(READ_TIMEOUT, answer(sock, &ctx, &hub, started, children))
-                .await;
+            let _ = tokio::time::timeout(READ_TIMEOUT, answer(sock, &ctx, &hub)).await;
         });
     }
 }
 
 /// Reads one request head and answers it; the connection then closes.
-async fn answer(
-    mut sock: TcpStream,
-    ctx: &Ctx,
-    hub: &Hub,
-    started: Instant,
-    children: usize,
-) -> std::io::Result<()> {
+async fn answer(mut sock: TcpStream, ctx: &Ctx, hub: &Hub) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -175,21 +162,20 @@ async fn answer(
         ("GET", "/metrics") => (
             "200 OK",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            render(&snapshot(ctx, hub, started, children).await),
+            render(&snapshot(ctx, hub).await),
         ),
         ("GET", "/") => (
             "200 OK",
             "text/html; charset=utf-8",
-            super::page::html(&super::report::build(ctx, hub, started, children).await),
+            super::page::html(&super::report::build(ctx, hub).await),
         ),
         ("GET", "/status.json") => (
             "200 OK",
             "application/json",
-            serde_json::to_string(&super::report::build(ctx, hub, started, children).await)
-                .unwrap_or_default(),
+            serde_json::to_string(&super::report::build(ctx, hub).await).unwrap_or_default(),
         ),
         ("GET", "/healthz") => {
-            let s = snapshot(ctx, hub, started, children).await;
+            let s = snapshot(ctx, hub).await;
             if s.alive > 0 {
                 (
                     "200 OK",

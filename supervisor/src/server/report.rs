@@ -73,8 +73,8 @@ fn key(connected: bool, intake: &Intake) -> String {
 
 /// Notes each change of state in the record, so "since" is when it began.
 pub async fn track(ctx: Arc<Ctx>) {
-    let mut intake = ctx.intake.subscribe();
-    let mut connected = ctx.connected.subscribe();
+    let mut intake = ctx.watch.intake.clone();
+    let mut connected = ctx.watch.connected.clone();
     loop {
         let k = key(*connected.borrow_and_update(), &intake.borrow_and_update());
         ctx.record.mark(&k);
@@ -86,9 +86,9 @@ pub async fn track(ctx: Arc<Ctx>) {
 }
 
 /// The report now.
-pub async fn build(ctx: &Ctx, hub: &Hub, started: Instant, children: usize) -> Report {
-    let s = snapshot(ctx, hub, started, children).await;
-    let intake = ctx.intake.borrow().clone();
+pub async fn build(ctx: &Ctx, hub: &Hub) -> Report {
+    let s = snapshot(ctx, hub).await;
+    let intake = ctx.watch.intake.borrow().clone();
     let (state, mut reason) = state_of(s.connected, &intake);
     if let (State::Paused, Intake::Preference(_), Some(p)) = (state, &intake, ctx.prefs.pause()) {
         reason = Some(p.reason); // its figures now, not at the pause

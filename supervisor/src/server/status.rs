@@ -68,7 +68,7 @@ pub fn line(s: &Snapshot) -> String {
 }
 
 /// The figures now.
-pub async fn snapshot(ctx: &Ctx, hub: &Hub, started: Instant, children: usize) -> Snapshot {
+pub async fn snapshot(ctx: &Ctx, hub: &Hub) -> Snapshot {
     let stats = &ctx.pool.stats;
     let flights: Vec<Instant> = ctx
         .downloads
@@ -78,12 +78,12 @@ pub async fn snapshot(ctx: &Ctx, hub: &Hub, started: Instant, children: usize) -
     Snapshot {
         summary: hub.summary().await,
         audio_s: stats.audio_ms.load(Ordering::Relaxed) as f64 / 1e3,
-        elapsed_s: started.elapsed().as_secs_f64(),
+        elapsed_s: ctx.started.elapsed().as_secs_f64(),
         alive: stats.alive.load(Ordering::Relaxed),
-        children,
+        children: ctx.children,
         restarts: stats.restarts.load(Ordering::Relaxed),
-        connected: *ctx.connected.borrow(),
-        paused: ctx.intake.borrow().label(),
+        connected: *ctx.watch.connected.borrow(),
+        paused: ctx.watch.intake.borrow().label(),
         outbox: ctx.outbox.len(),
         downloads: flights.len(),
         oldest_download_s: flights
@@ -101,12 +101,12 @@ pub async fn snapshot(ctx: &Ctx, hub: &Hub, started: Instant, children: usize) -
 }
 
 /// Logs the status line every [`EVERY`] until aborted.
-pub async fn every(ctx: Arc<Ctx>, hub: Hub, started: Instant, children: usize) {
+pub async fn every(ctx: Arc<Ctx>, hub: Hub) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + EVERY, EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let s = snapshot(&ctx, &hub, started, children).await;
+        let s = snapshot(&ctx, &hub).await;
         tracing::info!("status: {}", line(&s));
     }
 }

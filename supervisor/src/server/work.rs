@@ -72,7 +72,7 @@ async fn execute(ctx: &Ctx, job: &ServerJob) -> Result<Value, Fail> {
     match &job.kind {
         JobKind::Download(d) => download_and_embed(ctx, &job.job_id, d).await,
         JobKind::Genre(g) => {
-            let mut stop = ctx.draining.subscribe();
+            let mut stop = ctx.watch.draining.clone();
             tokio::select! {
                 got = genre(ctx, g) => got.map_err(Fail::Track),
                 () = stopping::requested(&mut stop) => Err(stopped()),
@@ -263,7 +263,7 @@ fn stopped() -> Fail {
 /// Downloads a job's audio: cancelled by a stop (handed back), a stall retried once
 /// (then handed back), every other error blamed on the track or the machine.
 async fn fetch_audio(ctx: &Ctx, source: &Source, stem: &str) -> Result<Downloaded, Fail> {
-    let mut stop = ctx.draining.subscribe();
+    let mut stop = ctx.watch.draining.clone();
     let mut stalls = 0;
     loop {
         let got = tokio::select! {
@@ -343,13 +343,14 @@ async fn attempt(ctx: &Ctx, source: &Source, stem: &str) -> Result<Downloaded, D
 }
 
 /// Before a download: too little free disk for the preferences (`min-free-disk-gb`)
-/// pauses intake at once, and the job waits for the resume.
+/// pauses intake (through the hub), and the job waits for the resume.
 fn low_disk(ctx: &Ctx) -> Result<(), Fail> {
     match ctx.prefs.check_disk() {
         None => Ok(()),
         Some(p) => {
+            // The preferences now say so; the hub pauses intake by them when it takes
+            // this fault, before it keeps the job.
             let message = format!("paused before downloading: {}", p.reason);
-            super::intake::prefer(&ctx.intake, Some(p));
             Err(Fail::Local(LocalFault {
                 kind: LocalKind::Preference,
                 message,
