@@ -10,22 +10,7 @@ use crate::features::{patch_count, MelSpectrogram, BANDS, PATCH_FRAMES, PATCH_HO
 use crate::model::{self, manifest, ModelError};
 use crate::runtime::{self, RuntimeError};
 
-/// Where inference runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Device {
-    Cpu,
-    /// A CUDA GPU by index (needs the `cuda` feature and a CUDA-enabled runtime library).
-    Cuda(u32),
-}
-
-impl std::fmt::Display for Device {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Device::Cpu => write!(f, "cpu"),
-            Device::Cuda(i) => write!(f, "cuda:{i}"),
-        }
-    }
-}
+pub use chaarfm_shared::ipc::{Device, Engine};
 
 /// How a model session is set up.
 #[derive(Debug, Clone)]
@@ -46,37 +31,6 @@ impl Default for InferOptions {
             batch: 1,
             device: Device::Cpu,
             engine: Engine::Shared,
-        }
-    }
-}
-
-/// How the model is run. Both give the same vector (max abs difference ~1e-6).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Engine {
-    /// The whole model on every patch, as Essentia runs it.
-    Patch,
-    /// The timbral front-end once per track, the rest per patch, each branch pooled first
-    /// (MUSICNN.md section 8): ~1.75x faster on CPU.
-    #[default]
-    Shared,
-}
-
-impl std::fmt::Display for Engine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Engine::Patch => "patch",
-            Engine::Shared => "shared",
-        })
-    }
-}
-
-impl std::str::FromStr for Engine {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "patch" => Ok(Engine::Patch),
-            "shared" => Ok(Engine::Shared),
-            _ => Err(format!("unknown engine {s:?}: use patch or shared")),
         }
     }
 }

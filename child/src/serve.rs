@@ -1,31 +1,17 @@
-//! The child's serve loop: connect to the supervisor's local socket, load the model, say
-//! hello, then embed one job at a time until told to stop or the socket closes.
+//! The child's serve loop: connect to the supervisor's local socket, read how to start
+//! (`ToChild::Start`, the first frame), load the model, say hello, then embed one job at
+//! a time until told to stop or the socket closes.
 //! A second thread sends a heartbeat every second, so a frozen process is noticed.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chaarfm_shared::ipc::{self, FromChild, JobError, JobOutput, ToChild};
+use chaarfm_shared::ipc::{self, FromChild, JobError, JobOutput, Start, ToChild};
 use interprocess::local_socket::prelude::*;
 use interprocess::local_socket::{Name, Stream};
 
-use crate::infer::{Device, InferOptions, Musicnn};
+use crate::infer::{InferOptions, Musicnn};
 use crate::{fault, isolation, pipeline};
-
-/// How the supervisor started this child.
-#[derive(Debug, Clone)]
-pub struct ServeArgs {
-    pub socket: String,
-    pub parent_pid: u32,
-    pub model: PathBuf,
-    pub device: Device,
-    pub threads: usize,
-    pub batch: usize,
-    pub engine: crate::Engine,
-    /// Niceness to run at (`isolation::lower_priority`); 0 leaves it.
-    pub nice: i32,
-}
 
 /// The local-socket name for `s`: a file path on Unix, a named pipe on Windows.
 pub fn socket_name(s: &str) -> std::io::Result<Name<'_>> {
@@ -65,20 +51,12 @@ fn send(w: &Writer, msg: &FromChild) -> Result<(), ipc::FrameError> {
     ipc::write_frame(&mut &w.stream, msg)
 }
 
-/// Runs the child until shutdown; returns the process exit status.
-pub fn run(args: ServeArgs) -> i32 {
-    // First, before any thread starts: new threads inherit the niceness.
-    if let Err(e) = isolation::lower_priority(args.nice) {
-        tracing::warn!(error = %e, nice = args.nice, "cannot lower the child's priority");
-    }
-    if let Err(e) = isolation::harden(args.parent_pid) {
-        tracing::error!(error = %e, "child cannot start");
-        return exit::NO_SUPERVISOR;
-    }
-    let stream = match socket_name(&args.socket).and_then(|n| Stream::connect(n)) {
+/// Runs the child started on `socket` until shutdown; returns the process exit status.
+pub fn run(socket: &str) -> i32 {
+    let stream = match socket_name(socket).and_then(|n| Stream::connect(n)) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, socket = %args.socket, "child cannot reach the supervisor");
+            tracing::error!(error = %e, socket = %socket, "child cannot reach the supervisor");
             return exit::NO_SUPERVISOR;
         }
     };
@@ -86,14 +64,40 @@ pub fn run(args: ServeArgs) -> i32 {
         stream,
         write: Mutex::new(()),
     });
+    let mut frames = ipc::FrameReader::default();
+    let start = match frames.read::<ToChild>(&mut &writer.stream) {
+        Ok(Some(ToChild::Start(s))) => s,
+        Ok(Some(other)) => {
+            tracing::error!(frame = ?other, "the supervisor's first frame is not Start");
+            return exit::NO_SUPERVISOR;
+        }
+        Ok(None) => return exit::NO_SUPERVISOR,
+        Err(e) => {
+            tracing::error!(error = %e, "bad first frame from the supervisor");
+            return exit::NO_SUPERVISOR;
+        }
+    };
+    let Start {
+        spec,
+        model,
+        parent_pid,
+    } = start;
+    // Before any thread of ours starts: new threads inherit the niceness.
+    if let Err(e) = isolation::lower_priority(spec.nice) {
+        tracing::warn!(error = %e, nice = spec.nice, "cannot lower the child's priority");
+    }
+    if let Err(e) = isolation::harden(parent_pid) {
+        tracing::error!(error = %e, "child cannot start");
+        return exit::NO_SUPERVISOR;
+    }
 
     let opts = InferOptions {
-        threads: args.threads,
-        batch: args.batch,
-        device: args.device,
-        engine: args.engine,
+        threads: spec.threads,
+        batch: spec.batch,
+        device: spec.device,
+        engine: spec.engine,
     };
-    let mut model = match Musicnn::load(&args.model, &opts) {
+    let mut model = match Musicnn::load(&model.to_path_buf(), &opts) {
         Ok(m) => m,
         Err(e) => {
             let _ = send(
@@ -124,7 +128,6 @@ pub fn run(args: ServeArgs) -> i32 {
         }
     });
 
-    let mut frames = ipc::FrameReader::default();
     loop {
         let msg = match frames.read::<ToChild>(&mut &writer.stream) {
             Ok(Some(m)) => m,
@@ -137,6 +140,10 @@ pub fn run(args: ServeArgs) -> i32 {
         let job = match msg {
             ToChild::Job(job) => job,
             ToChild::Shutdown => return 0,
+            ToChild::Start(_) => {
+                tracing::error!("a second Start frame from the supervisor");
+                return exit::NO_SUPERVISOR;
+            }
         };
         let received = Instant::now();
         let shown = job.path.to_string();

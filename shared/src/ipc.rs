@@ -1,5 +1,7 @@
 //! Supervisor <-> child frames: a little-endian `u32` length, then a postcard-encoded
-//! message. The child speaks first ([`FromChild::Hello`]); a protocol mismatch is refused.
+//! message. The supervisor's first frame tells a child how to start ([`ToChild::Start`]:
+//! its argv is only the socket); the child then says [`FromChild::Hello`], and a protocol
+//! mismatch is refused.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -7,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change to the types below.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Seconds of audio between two [`FromChild::Progress`] reports of a job (~1 s of a
 /// child's time here).
@@ -105,9 +107,81 @@ pub struct Job {
     pub tags: bool,
 }
 
+/// Where inference runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Device {
+    Cpu,
+    /// A CUDA GPU by index (needs the `cuda` feature and a CUDA-enabled runtime library).
+    Cuda(u32),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// How the model is run. Both give the same vector (max abs difference ~1e-6).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Engine {
+    /// The whole model on every patch, as Essentia runs it.
+    Patch,
+    /// The timbral front-end once per track, the rest per patch, each branch pooled first
+    /// (MUSICNN.md section 8): ~1.75x faster on CPU.
+    #[default]
+    Shared,
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Patch => "patch",
+            Engine::Shared => "shared",
+        })
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "patch" => Ok(Engine::Patch),
+            "shared" => Ok(Engine::Shared),
+            _ => Err(format!("unknown engine {s:?}: use patch or shared")),
+        }
+    }
+}
+
+/// How one child runs the model: the pool decides it per slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChildSpec {
+    pub device: Device,
+    /// ONNX Runtime intra-op threads.
+    pub threads: usize,
+    /// Patches per inference call.
+    pub batch: usize,
+    pub engine: Engine,
+    /// Niceness the child runs at (Unix; 0: the supervisor's own).
+    pub nice: i32,
+}
+
+/// The first frame to a child: everything it needs before it loads the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Start {
+    pub spec: ChildSpec,
+    pub model: WirePath,
+    /// The supervisor's pid: a child whose parent is already another exits.
+    pub parent_pid: u32,
+}
+
 /// Supervisor -> child.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToChild {
+    /// Always the first frame, and only then.
+    Start(Start),
     Job(Job),
     /// Finish nothing more; exit 0.
     Shutdown,
@@ -343,6 +417,38 @@ mod tests {
         }
         assert_eq!(got, msgs);
         assert!(frames.is_empty());
+    }
+
+    #[test]
+    fn the_start_frame_carries_every_field_of_the_childs_settings() {
+        // Every field away from its default, so a field dropped or swapped shows.
+        let start = ToChild::Start(Start {
+            spec: ChildSpec {
+                device: Device::Cuda(3),
+                threads: 2,
+                batch: 32,
+                engine: Engine::Patch,
+                nice: -5,
+            },
+            model: WirePath::from_bytes(b"/models/msd musicnn \xe9.onnx".to_vec()),
+            parent_pid: 4242,
+        });
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &start).unwrap();
+        let got = FrameReader::default()
+            .read::<ToChild>(&mut &buf[..])
+            .unwrap();
+        assert_eq!(got, Some(start));
+        for (d, shown) in [(Device::Cpu, "cpu"), (Device::Cuda(1), "cuda:1")] {
+            assert_eq!(d.to_string(), shown);
+        }
+        for e in [Engine::Patch, Engine::Shared] {
+            assert_eq!(e.to_string().parse::<Engine>(), Ok(e));
+        }
+        assert!("fast"
+            .parse::<Engine>()
+            .unwrap_err()
+            .contains("patch or shared"));
     }
 
     #[test]

@@ -417,20 +417,10 @@ pub struct DoctorArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ChildArgs {
+    /// The supervisor's local socket; the rest arrives in the first frame
+    /// (`shared::ipc::Start`).
     #[arg(long)]
     pub socket: String,
-    #[arg(long)]
-    pub parent_pid: u32,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
-    #[arg(long, default_value = "shared", value_parser = parse_engine)]
-    pub engine: chaarfm_child::Engine,
-    #[arg(long, default_value_t = 0)]
-    pub nice: i32,
 }
 
 /// `--metrics` value: `HOST:PORT`, or a bare port on loopback.
@@ -446,7 +436,7 @@ pub fn parse_addr(s: &str) -> Result<std::net::SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::proc::ChildCommand;
+    use crate::pool::proc::{child_args, start_frame};
     use crate::pool::ChildSpec;
 
     #[test]
@@ -458,31 +448,29 @@ mod tests {
 
     #[test]
     fn the_child_command_line_round_trips_through_the_parser() {
-        let cmd = ChildCommand {
-            socket: "/run/x/c0-1.sock".into(),
-            parent_pid: 4242,
-            model: PathBuf::from("/models/msd musicnn.onnx"),
-            spec: ChildSpec {
-                device: chaarfm_child::Device::Cuda(1),
-                threads: 2,
-                batch: 32,
-                engine: chaarfm_child::Engine::Patch,
-                nice: 7,
-            },
-        };
+        let socket = "/run/x/c0-1 é.sock";
         let mut argv = vec![std::ffi::OsString::from("chaarfm-super")];
-        argv.extend(cmd.args());
+        argv.extend(child_args(socket));
         let cli = Cli::try_parse_from(argv).unwrap();
         let Some(Command::Child(a)) = cli.command else {
             panic!("not parsed as the child command");
         };
-        assert_eq!(a.socket, cmd.socket);
-        assert_eq!(a.parent_pid, 4242);
-        assert_eq!(cli.model.as_deref(), Some(cmd.model.as_path()));
-        assert_eq!(a.device, "cuda:1");
-        assert_eq!((a.threads, a.batch), (2, 32));
-        assert_eq!(a.engine, chaarfm_child::Engine::Patch);
-        assert_eq!(a.nice, 7);
+        assert_eq!(a.socket, socket);
+        // Everything else is the first frame's (round trip: shared::ipc's tests).
+        let spec = ChildSpec {
+            device: chaarfm_child::Device::Cuda(1),
+            threads: 2,
+            batch: 32,
+            engine: chaarfm_child::Engine::Patch,
+            nice: 7,
+        };
+        let model = PathBuf::from("/models/msd musicnn.onnx");
+        let chaarfm_shared::ipc::ToChild::Start(start) = start_frame(&spec, &model) else {
+            panic!("not a start frame");
+        };
+        assert_eq!(start.spec, spec);
+        assert_eq!(start.model.to_path_buf(), model);
+        assert_eq!(start.parent_pid, std::process::id());
     }
 
     #[test]

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if let Some(Command::Child(args)) = &cli.command {
-        let code = child(args, cli.model.as_deref());
+        let code = child(args);
         logging::flush();
         return code;
     }
@@ -180,30 +180,9 @@ async fn connect(args: &cli::ConnectArgs, model: Option<&std::path::Path>) -> an
     result
 }
 
-/// Hidden `__child` mode: serve jobs for the supervisor that started us.
-fn child(args: &cli::ChildArgs, model: Option<&std::path::Path>) -> ExitCode {
-    use chaarfm_child::serve;
-    let Some(model) = model else {
-        eprintln!("error: __child needs --model");
-        return ExitCode::from(2);
-    };
-    let device = match args.device.strip_prefix("cuda:").map(str::parse::<u32>) {
-        None => chaarfm_child::Device::Cpu,
-        Some(Ok(i)) => chaarfm_child::Device::Cuda(i),
-        Some(Err(_)) => {
-            eprintln!("error: bad --device {}", args.device);
-            return ExitCode::from(2);
-        }
-    };
-    let code = serve::run(serve::ServeArgs {
-        socket: args.socket.clone(),
-        parent_pid: args.parent_pid,
-        model: model.to_path_buf(),
-        device,
-        threads: args.threads,
-        batch: args.batch,
-        engine: args.engine,
-        nice: args.nice,
-    });
+/// Hidden `__child` mode: serve jobs for the supervisor that started us (which sends the
+/// model and settings in the first frame).
+fn child(args: &cli::ChildArgs) -> ExitCode {
+    let code = chaarfm_child::serve::run(&args.socket);
     ExitCode::from(code.clamp(0, 255) as u8)
 }

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use chaarfm_child::Device;
 use chaarfm_shared::ipc::{self, FromChild, ToChild};
 use interprocess::local_socket::tokio::{prelude::*, Stream};
 use interprocess::local_socket::ListenerOptions;
@@ -14,16 +13,8 @@ use tokio::sync::mpsc;
 
 use super::policy::Ending;
 
-/// What a child needs to know to start.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChildSpec {
-    pub device: Device,
-    pub threads: usize,
-    pub batch: usize,
-    pub engine: chaarfm_child::Engine,
-    /// Niceness the child runs at (Unix; 0: the supervisor's own).
-    pub nice: i32,
-}
+/// What a child needs to know to start (sent as its first frame, `ToChild::Start`).
+pub use chaarfm_shared::ipc::ChildSpec;
 
 /// Identifies one incarnation of one slot: a respawned child gets a new generation, so
 /// late events from its predecessor are recognised and dropped.
@@ -193,35 +184,20 @@ fn socket_for(dir: &Path, tag: Tag) -> String {
     }
 }
 
-/// The child's command line, as one type: built here, parsed by the child's clap
-/// definition (`cli::ChildArgs`); `tests` check the round trip.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChildCommand {
-    pub socket: String,
-    pub parent_pid: u32,
-    pub model: PathBuf,
-    pub spec: ChildSpec,
+/// The child's command line: the hidden mode and its socket; everything else comes in
+/// its first frame ([`start_frame`]). Parsed by the child's clap definition
+/// (`cli::ChildArgs`); `tests` check the round trip.
+pub fn child_args(socket: &str) -> Vec<std::ffi::OsString> {
+    vec!["__child".into(), "--socket".into(), socket.into()]
 }
 
-impl ChildCommand {
-    pub fn args(&self) -> Vec<std::ffi::OsString> {
-        let mut a: Vec<std::ffi::OsString> = Vec::new();
-        let mut push = |k: &str, v: std::ffi::OsString| {
-            a.push(k.into());
-            a.push(v);
-        };
-        push("--socket", self.socket.clone().into());
-        push("--parent-pid", self.parent_pid.to_string().into());
-        push("--model", self.model.clone().into_os_string());
-        push("--device", self.spec.device.to_string().into());
-        push("--threads", self.spec.threads.to_string().into());
-        push("--batch", self.spec.batch.to_string().into());
-        push("--engine", self.spec.engine.to_string().into());
-        push("--nice", self.spec.nice.to_string().into());
-        let mut all = vec![std::ffi::OsString::from("__child")];
-        all.extend(a);
-        all
-    }
+/// A child's first frame: how it runs, which model, who its parent is.
+pub fn start_frame(spec: &ChildSpec, model: &Path) -> ToChild {
+    ToChild::Start(ipc::Start {
+        spec: spec.clone(),
+        model: ipc::WirePath::from_path(model),
+        parent_pid: std::process::id(),
+    })
 }
 
 /// Starts a child and the tasks that watch it.
@@ -243,14 +219,8 @@ fn launch(
         .name(chaarfm_child::serve::socket_name(&socket).map_err(listen_err)?)
         .create_tokio()
         .map_err(listen_err)?;
-    let command = ChildCommand {
-        socket: socket.clone(),
-        parent_pid: std::process::id(),
-        model: model.to_path_buf(),
-        spec: spec.clone(),
-    };
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.args(command.args())
+    cmd.args(child_args(&socket))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         // Piped through the supervisor's own (non-blocking) log, prefixed with the slot.
@@ -266,6 +236,8 @@ fn launch(
         tokio::spawn(relay_stderr(err, tag));
     }
     let (to_child, mut to_child_rx) = mpsc::unbounded_channel::<ToChild>();
+    // Queued first, so it is the first frame written once the child connects.
+    let _ = to_child.send(start_frame(spec, model));
     let (kill, mut kill_rx) = mpsc::unbounded_channel::<()>();
 
     tokio::spawn(async move {

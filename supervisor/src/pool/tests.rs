@@ -162,7 +162,7 @@ impl Harness {
             .iter()
             .filter_map(|m| match m {
                 ToChild::Job(j) => Some(j.id),
-                ToChild::Shutdown => None,
+                ToChild::Shutdown | ToChild::Start(_) => None,
             })
             .collect()
     }
