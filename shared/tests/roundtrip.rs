@@ -5,7 +5,8 @@
 //! JSON round-trips compare equal without depending on decimal rounding.)
 
 use chaarfm_shared::ipc::{
-    encode, FrameReader, FromChild, Job, JobError, JobOutput, Timings, ToChild, WirePath,
+    encode, ChildSpec, Device, Engine, FrameReader, FromChild, Job, JobError, JobOutput, Start,
+    Timings, ToChild, WirePath,
 };
 use chaarfm_shared::record::{done_files, FileStamp, JsonPath, Record};
 use chaarfm_shared::server::{
@@ -41,6 +42,30 @@ fn to_child() -> impl Strategy<Value = ToChild> {
                 tags
             })),
         Just(ToChild::Shutdown),
+        (
+            (any::<bool>(), any::<u32>(), any::<bool>()),
+            (any::<usize>(), any::<usize>(), any::<i32>()),
+            (prop::collection::vec(any::<u8>(), 0..64), any::<u32>()),
+        )
+            .prop_map(
+                |((gpu, index, patch), (threads, batch, nice), (model, parent_pid))| {
+                    ToChild::Start(Start {
+                        spec: ChildSpec {
+                            device: if gpu {
+                                Device::Cuda(index)
+                            } else {
+                                Device::Cpu
+                            },
+                            threads,
+                            batch,
+                            engine: if patch { Engine::Patch } else { Engine::Shared },
+                            nice,
+                        },
+                        model: WirePath::from_bytes(model),
+                        parent_pid,
+                    })
+                }
+            ),
     ]
 }
 
