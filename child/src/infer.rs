@@ -1,12 +1,13 @@
 //! MusiCNN inference with ONNX Runtime: patches in bounded batches, mean over patches.
 
+use std::ops::Range;
 use std::path::Path;
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use crate::features::{patch_count, MelSpectrogram, BANDS, PATCH_FRAMES, PATCH_HOP, PATCH_LEN};
+use crate::features::{patch_count, MelSpectrogram, BANDS, PATCH_FRAMES, PATCH_HOP};
 use crate::model::{self, manifest, ModelError};
 use crate::runtime::{self, RuntimeError};
 
@@ -67,16 +68,21 @@ pub struct Prediction {
     pub patches: usize,
 }
 
-/// The sessions of one engine.
+/// The sessions of one engine; each runs a batch of patches its own way.
 enum Sessions {
-    Patch(Session),
-    Shared(Box<SharedSessions>),
+    Patch(PatchEngine),
+    Shared(Box<SharedEngine>),
 }
 
-/// The shared engine's four sessions: the timbral front-end without time padding (a
-/// track's interior), with only a patch's first or last frames padded (its edges, as the
-/// whole model sees them), and the per-patch rest.
-struct SharedSessions {
+/// The whole model, once per patch.
+struct PatchEngine {
+    session: Session,
+}
+
+/// The shared engine's four sessions (`graph::shared_engine`): the timbral front-end
+/// without time padding (a track's interior), with only a patch's first or last frames
+/// padded (its edges, as the whole model sees them), and the per-patch rest.
+struct SharedEngine {
     front: Session,
     head: Session,
     tail: Session,
@@ -162,54 +168,27 @@ impl Musicnn {
             }
         };
         let sessions = match opts.engine {
-            Engine::Patch => Sessions::Patch(session(&file.bytes).map_err(corrupt)?),
+            Engine::Patch => Sessions::Patch(PatchEngine {
+                session: session(&file.bytes).map_err(corrupt)?,
+            }),
             Engine::Shared => {
-                let split_err = |source| {
-                    corrupt(InferError::Split {
-                        path: shown.clone(),
-                        source,
-                    })
+                let block = match opts.device {
+                    Device::Cpu => nchwc_block(),
+                    Device::Cuda(_) => 1,
                 };
-                let c = &manifest().shared;
-                let (front_cut, rest_cut) = cuts();
-                let halo = c.halo as i64;
-                let pooled = if c.pool_first.is_empty() {
-                    std::borrow::Cow::Borrowed(&file.bytes[..])
-                } else {
-                    let block = match opts.device {
-                        Device::Cpu => nchwc_block(),
-                        Device::Cuda(_) => 1,
-                    };
-                    std::borrow::Cow::Owned(
-                        crate::graph::pool_first(&file.bytes, &c.pool_first, block)
-                            .map_err(split_err)?,
-                    )
-                };
-                let front_with = |begin, end| -> Result<Session, InferError> {
-                    let padded =
-                        crate::graph::with_time_pads(&pooled, &c.timbral_convs, begin, end)
-                            .map_err(split_err)?;
-                    let front = crate::graph::extract(&padded, &front_cut).map_err(split_err)?;
-                    session(&front).map_err(corrupt)
-                };
-                let rewritten = match &c.conv_1d {
-                    Some(c) => {
-                        let rw = crate::graph::Conv1d {
-                            conv: c.conv.clone(),
-                            source: c.source.clone(),
-                        };
-                        std::borrow::Cow::Owned(
-                            crate::graph::conv_as_1d(&pooled, &rw).map_err(split_err)?,
-                        )
-                    }
-                    None => std::borrow::Cow::Borrowed(&pooled[..]),
-                };
-                let rest = crate::graph::extract(&rewritten, &rest_cut).map_err(split_err)?;
-                Sessions::Shared(Box::new(SharedSessions {
-                    front: front_with(0, 0)?,
-                    head: front_with(halo, 0)?,
-                    tail: front_with(0, halo)?,
-                    rest: session(&rest).map_err(corrupt)?,
+                let models = crate::graph::shared_engine(&file.bytes, manifest(), block).map_err(
+                    |source| {
+                        corrupt(InferError::Split {
+                            path: shown.clone(),
+                            source,
+                        })
+                    },
+                )?;
+                Sessions::Shared(Box::new(SharedEngine {
+                    front: session(&models.front).map_err(corrupt)?,
+                    head: session(&models.head).map_err(corrupt)?,
+                    tail: session(&models.tail).map_err(corrupt)?,
+                    rest: session(&models.rest).map_err(corrupt)?,
                 }))
             }
         };
@@ -275,17 +254,18 @@ impl Musicnn {
         let halo = m.shared.halo;
         Stream {
             model: self,
-            mel: Vec::new(),
-            mel_base: 0,
+            mel: Mel::default(),
             frames: 0,
             next: 0,
             sums: Sums {
                 emb: vec![0f64; m.embedding_dim],
                 tags: vec![0f64; m.tags.len()],
             },
-            held: [Vec::new(), Vec::new()],
-            base: halo,
-            ready: halo,
+            timbral: Timbral {
+                held: [Vec::new(), Vec::new()],
+                base: halo,
+                ready: halo,
+            },
         }
     }
 }
@@ -296,16 +276,38 @@ impl Musicnn {
 /// frames the next patch still needs are kept.
 pub struct Stream<'m> {
     model: &'m mut Musicnn,
-    /// Mel frames from frame `mel_base` on, frame-major.
-    mel: Vec<f32>,
-    mel_base: usize,
+    mel: Mel,
     /// Frames pushed so far.
     frames: usize,
     /// The next patch to run.
     next: usize,
     sums: Sums,
-    /// Shared engine: timbral outputs of frames `base..ready`, frame-major
-    /// (`[frame][channel]`), one vector per branch.
+    /// The shared engine's timbral features computed ahead.
+    timbral: Timbral,
+}
+
+/// The mel frames a track still needs: frame `base` on, frame-major.
+#[derive(Default)]
+struct Mel {
+    data: Vec<f32>,
+    base: usize,
+}
+
+impl Mel {
+    /// Frames `from..to`.
+    fn frames(&self, from: usize, to: usize) -> &[f32] {
+        &self.data[(from - self.base) * BANDS..(to - self.base) * BANDS]
+    }
+
+    /// Patch `q`'s frames.
+    fn patch(&self, q: usize) -> &[f32] {
+        self.frames(q * PATCH_HOP, q * PATCH_HOP + PATCH_FRAMES)
+    }
+}
+
+/// Shared engine: timbral outputs of frames `base..ready`, frame-major
+/// (`[frame][channel]`), one vector per branch.
+struct Timbral {
     held: [Vec<f32>; 2],
     base: usize,
     ready: usize,
@@ -315,7 +317,7 @@ impl Stream<'_> {
     /// Adds mel frames (`BANDS` floats each) and runs every full batch of whole patches.
     pub fn push(&mut self, frames: &[f32]) -> Result<(), InferError> {
         debug_assert_eq!(frames.len() % BANDS, 0);
-        self.mel.extend_from_slice(frames);
+        self.mel.data.extend_from_slice(frames);
         self.frames += frames.len() / BANDS;
         self.run(false)
     }
@@ -349,99 +351,104 @@ impl Stream<'_> {
                 return Ok(());
             }
             let n = batch.min(waiting);
+            let patches = self.next..self.next + n;
+            let (scratch, sums) = (&mut self.model.scratch, &mut self.sums);
             match &mut self.model.sessions {
-                Sessions::Patch(_) => self.patch_batch(n)?,
-                Sessions::Shared(_) => self.shared_batch(n)?,
+                Sessions::Patch(e) => e.batch(&self.mel, patches, scratch, sums)?,
+                Sessions::Shared(e) => {
+                    e.batch(&self.mel, &mut self.timbral, patches, scratch, sums)?
+                }
             }
             self.next += n;
             // Frames before the next patch are no longer needed by anything.
-            let drop = self.next * PATCH_HOP - self.mel_base;
+            let drop = self.next * PATCH_HOP - self.mel.base;
             if drop >= MEL_SLACK {
-                self.mel.drain(..drop * BANDS);
-                self.mel_base += drop;
+                self.mel.data.drain(..drop * BANDS);
+                self.mel.base += drop;
             }
         }
     }
+}
 
-    /// Patch `q`'s frames.
-    fn patch(&self, q: usize) -> &[f32] {
-        let start = (q * PATCH_HOP - self.mel_base) * BANDS;
-        &self.mel[start..start + PATCH_LEN]
-    }
-
-    /// The whole model on the next `n` patches.
-    fn patch_batch(&mut self, n: usize) -> Result<(), InferError> {
+impl PatchEngine {
+    /// The whole model on `patches`.
+    fn batch(
+        &mut self,
+        mel: &Mel,
+        patches: Range<usize>,
+        scratch: &mut Scratch,
+        sums: &mut Sums,
+    ) -> Result<(), InferError> {
         let m = manifest();
-        let mut buf = std::mem::take(&mut self.model.scratch.raw);
+        let n = patches.len();
+        let buf = &mut scratch.raw;
         buf.clear();
-        for q in self.next..self.next + n {
-            buf.extend_from_slice(self.patch(q));
+        for q in patches {
+            buf.extend_from_slice(mel.patch(q));
         }
-        let Sessions::Patch(session) = &mut self.model.sessions else {
-            unreachable!("patch_batch runs only for the per-patch engine");
-        };
-        let input = tensor(&[n, PATCH_FRAMES, BANDS], &buf)?;
-        let outputs = session
+        let input = tensor(&[n, PATCH_FRAMES, BANDS], buf)?;
+        let outputs = self
+            .session
             .run(ort::inputs![m.input.as_str() => input])
             .map_err(run_error)?;
-        self.sums.add(&outputs, n)?;
-        self.model.scratch.raw = buf;
-        Ok(())
+        sums.add(&outputs, n)
     }
+}
 
-    /// The shared engine on the next `n` patches (`infer::shared_batch`, MUSICNN.md
+impl SharedEngine {
+    /// The shared engine on `patches` (`infer::SharedEngine::batch`, MUSICNN.md
     /// section 8): the timbral front-end runs over the track's interior once, in chunks
     /// of at most [`FRONT_CHUNK`] frames with no time padding (each chunk is given its
     /// `halo` neighbours, so chunk borders are exact); each patch's first and last `halo`
     /// frames are computed from the patch alone, padded as the whole model pads them
     /// (the padding is a *normalized* zero, so it cannot be faked on the raw input); the
     /// rest of the model runs per patch.
-    fn shared_batch(&mut self, n: usize) -> Result<(), InferError> {
+    fn batch(
+        &mut self,
+        mel: &Mel,
+        held: &mut Timbral,
+        patches: Range<usize>,
+        scratch: &mut Scratch,
+        sums: &mut Sums,
+    ) -> Result<(), InferError> {
         let m = manifest();
         let (ch, halo) = (m.shared.channels, m.shared.halo);
-        let (first, end) = (self.next, self.next + n);
+        let (first, end, n) = (patches.start, patches.end, patches.len());
         let need = (end - 1) * PATCH_HOP + PATCH_FRAMES - halo;
-        while self.ready < need {
-            let to = (self.ready + FRONT_CHUNK).min(need);
-            let t = to - self.ready;
-            let input = &self.mel
-                [(self.ready - halo - self.mel_base) * BANDS..(to + halo - self.mel_base) * BANDS];
-            let Sessions::Shared(s) = &mut self.model.sessions else {
-                unreachable!("shared_batch runs only for the shared engine");
-            };
-            let out = front_run(&mut s.front, input, 1, t + 2 * halo, t)?;
-            for (h, o) in self.held.iter_mut().zip(&out) {
+        while held.ready < need {
+            let to = (held.ready + FRONT_CHUNK).min(need);
+            let t = to - held.ready;
+            let input = mel.frames(held.ready - halo, to + halo);
+            let out = front_run(&mut self.front, input, 1, t + 2 * halo, t)?;
+            for (h, o) in held.held.iter_mut().zip(&out) {
                 for f in 0..t {
                     h.extend((0..ch).map(|c| o[c * t + f]));
                 }
             }
-            self.ready = to;
+            held.ready = to;
         }
         // Both edges of every patch, from the patch's own frames.
         let Scratch {
-            mut raw,
-            mut heads,
-            mut tails,
-            mut timbral,
-        } = std::mem::take(&mut self.model.scratch);
-        for buf in [&mut raw, &mut heads, &mut tails] {
+            raw,
+            heads,
+            tails,
+            timbral,
+        } = scratch;
+        for buf in [&mut *raw, &mut *heads, &mut *tails] {
             buf.clear();
         }
-        for q in first..end {
-            let patch = self.patch(q);
+        for q in patches.clone() {
+            let patch = mel.patch(q);
             heads.extend_from_slice(&patch[..2 * halo * BANDS]);
             tails.extend_from_slice(&patch[(PATCH_FRAMES - 2 * halo) * BANDS..]);
             raw.extend_from_slice(patch);
         }
-        let Sessions::Shared(s) = &mut self.model.sessions else {
-            unreachable!("shared_batch runs only for the shared engine");
-        };
-        let head = front_run(&mut s.head, &heads, n, 2 * halo, halo)?;
-        let tail = front_run(&mut s.tail, &tails, n, 2 * halo, halo)?;
+        let head = front_run(&mut self.head, heads, n, 2 * halo, halo)?;
+        let tail = front_run(&mut self.tail, tails, n, 2 * halo, halo)?;
         for (b, t) in timbral.iter_mut().enumerate() {
             t.clear();
             for (i, q) in (first..end).enumerate() {
-                let start = q * PATCH_HOP - self.base;
+                let start = q * PATCH_HOP - held.base;
                 let (head, tail) = (&head[b][i * ch * halo..], &tail[b][i * ch * halo..]);
                 for c in 0..ch {
                     for f in 0..PATCH_FRAMES {
@@ -450,85 +457,30 @@ impl Stream<'_> {
                         } else if f >= PATCH_FRAMES - halo {
                             tail[c * halo + f + halo - PATCH_FRAMES]
                         } else {
-                            self.held[b][(start + f) * ch + c]
+                            held.held[b][(start + f) * ch + c]
                         });
                     }
                 }
             }
         }
         let shape_t = [n, ch, PATCH_FRAMES];
-        let outputs = s
+        let outputs = self
             .rest
             .run(ort::inputs![
-                m.shared.raw.as_str() => tensor(&[n, 1, PATCH_FRAMES, BANDS], &raw)?,
+                m.shared.raw.as_str() => tensor(&[n, 1, PATCH_FRAMES, BANDS], raw)?,
                 m.shared.timbral[0].as_str() => tensor(&shape_t, &timbral[0])?,
                 m.shared.timbral[1].as_str() => tensor(&shape_t, &timbral[1])?,
             ])
             .map_err(run_error)?;
-        self.sums.add(&outputs, n)?;
-        self.model.scratch = Scratch {
-            raw,
-            heads,
-            tails,
-            timbral,
-        };
+        sums.add(&outputs, n)?;
         // Timbral frames before the next patch's interior are no longer needed.
-        let drop = (end * PATCH_HOP + halo).min(self.ready) - self.base;
-        for h in &mut self.held {
+        let drop = (end * PATCH_HOP + halo).min(held.ready) - held.base;
+        for h in &mut held.held {
             h.drain(..drop * ch);
         }
-        self.base += drop;
+        held.base += drop;
         Ok(())
     }
-}
-
-/// The two cuts of the shared engine: the timbral front-end with a free time axis, and
-/// the per-patch rest fed the patch and its timbral features.
-fn cuts() -> (crate::graph::Cut, crate::graph::Cut) {
-    use crate::graph::{Cut, Dim, Port};
-    let m = manifest();
-    let c = &m.shared;
-    let raw = |t: Dim| Port {
-        name: c.raw.clone(),
-        dims: vec![
-            Dim::Free("batch"),
-            Dim::Fixed(1),
-            t,
-            Dim::Fixed(BANDS as i64),
-        ],
-    };
-    let timbral = |t: Dim| -> Vec<Port> {
-        c.timbral
-            .iter()
-            .map(|name| Port {
-                name: name.clone(),
-                dims: vec![Dim::Free("batch"), Dim::Fixed(c.channels as i64), t.clone()],
-            })
-            .collect()
-    };
-    let front = Cut {
-        inputs: vec![raw(Dim::Free("time"))],
-        outputs: timbral(Dim::Free("time")),
-        pass_through: vec![c.pinned_reshape.clone()],
-    };
-    let patch = Dim::Fixed(PATCH_FRAMES as i64);
-    let mut inputs = vec![raw(patch.clone())];
-    inputs.extend(timbral(patch));
-    let rest = Cut {
-        inputs,
-        outputs: vec![
-            Port {
-                name: m.embedding_output.clone(),
-                dims: vec![Dim::Free("batch"), Dim::Fixed(m.embedding_dim as i64)],
-            },
-            Port {
-                name: m.tags_output.clone(),
-                dims: vec![Dim::Free("batch"), Dim::Fixed(m.tags.len() as i64)],
-            },
-        ],
-        pass_through: vec![],
-    };
-    (front, rest)
 }
 
 fn run_error(e: ort::Error) -> InferError {
