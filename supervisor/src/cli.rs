@@ -1,8 +1,10 @@
 //! Command line: `chaarfm-super [GLOBAL] <command>`.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::logging::LogFormat;
 use crate::prefs::settings::{Busy, Hours, Layer, OnBattery};
@@ -145,63 +147,66 @@ impl PrefsArgs {
 }
 
 impl ConnectArgs {
-    /// Command-line options that reproduce these settings, without the URL and the code
-    /// (a service passes those through its environment file).
-    pub fn service_args(&self, state_dir: &std::path::Path) -> Vec<std::ffi::OsString> {
-        let mut v: Vec<std::ffi::OsString> = vec!["--state-dir".into(), state_dir.into()];
-        if self.lanes == Lanes::Off {
-            v.extend(["--lanes".into(), "off".into()]);
-        }
-        if self.allow_private_urls {
-            v.push("--allow-private-urls".into());
-        }
-        if let Some(a) = self.metrics {
-            v.extend(["--metrics".into(), a.to_string().into()]);
-        }
-        if let Some(c) = &self.cookies {
-            v.extend(["--cookies".into(), c.into()]);
-        }
-        v.extend(self.pool.args().into_iter().map(Into::into));
+    /// The connect-mode options a service runs with: the state dir, then every option
+    /// of `matches` (an `ArgMatches` holding these arguments) that was given, except
+    /// the URL and the code (a service passes those through its environment file) and
+    /// the preferences (its config file holds them).
+    pub fn service_args(matches: &ArgMatches, state_dir: &Path) -> Vec<OsString> {
+        let mut skip = ids::<ServerArgs>();
+        skip.extend(ids::<PrefsArgs>());
+        skip.push("state_dir".into());
+        let mut v: Vec<OsString> = vec!["--state-dir".into(), state_dir.into()];
+        v.extend(to_args::<ConnectArgs>(matches, &skip));
         v
     }
 }
 
-impl PoolArgs {
-    /// Command-line options that reproduce these settings.
-    pub fn args(&self) -> Vec<String> {
-        let workers = match self.workers {
-            Workers::Auto => "auto".to_string(),
-            Workers::Count(n) => n.to_string(),
+/// The ids of `A`'s arguments.
+fn ids<A: clap::Args>() -> Vec<String> {
+    let def = A::augment_args(clap::Command::new("args"));
+    def.get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect()
+}
+
+/// The options that give `matches`' values of `A`'s arguments back when parsed: each
+/// argument given on the command line or by the environment (a default stays the
+/// default of whichever version runs), except those in `skip`. Read from clap's own
+/// definitions, so a new option is carried without code here.
+pub fn to_args<A: clap::Args>(matches: &ArgMatches, skip: &[String]) -> Vec<OsString> {
+    let def = A::augment_args(clap::Command::new("args"));
+    let mut out: Vec<OsString> = Vec::new();
+    for arg in def.get_arguments() {
+        let id = arg.get_id().as_str();
+        let Some(long) = arg.get_long().filter(|_| !skip.iter().any(|s| s == id)) else {
+            continue;
         };
-        let device = self
-            .device
-            .to_possible_value()
-            .map(|v| v.get_name().to_string())
-            .unwrap_or_else(|| "auto".into());
-        let mut v = vec![
-            "--workers".into(),
-            workers,
-            "--device".into(),
-            device,
-            "--engine".into(),
-            self.engine.to_string(),
-            "--child-nice".into(),
-            self.child_nice.to_string(),
-        ];
-        for (flag, value) in [
-            ("--job-timeout", self.job_timeout),
-            ("--max-child-memory", self.max_child_memory),
-            (
-                "--max-jobs-per-child",
-                self.max_jobs_per_child.map(u64::from),
-            ),
-        ] {
-            if let Some(x) = value {
-                v.extend([flag.to_string(), x.to_string()]);
+        let given = matches!(
+            matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        );
+        if !given {
+            continue;
+        }
+        let flag = OsString::from(format!("--{long}"));
+        match arg.get_action() {
+            ArgAction::SetTrue => {
+                if matches.get_flag(id) {
+                    out.push(flag);
+                }
+            }
+            ArgAction::Count => out.extend(std::iter::repeat_n(
+                flag,
+                usize::from(matches.get_count(id)),
+            )),
+            _ => {
+                for value in matches.get_raw(id).into_iter().flatten() {
+                    out.extend([flag.clone(), value.to_owned()]);
+                }
             }
         }
-        v
     }
+    out
 }
 
 /// Which ChaarFM server, and the pairing code for it (connect mode, `doctor`, `service`).
@@ -474,8 +479,9 @@ mod tests {
     }
 
     #[test]
-    fn a_service_gets_the_same_options_back_without_url_or_code() {
-        let cli = Cli::try_parse_from([
+    fn a_service_gets_the_same_options_back_without_url_code_or_preferences() {
+        use clap::{CommandFactory, FromArgMatches};
+        let given = [
             "x",
             "--code",
             "SECRET1",
@@ -500,28 +506,55 @@ mod tests {
             "--allow-private-urls",
             "--metrics",
             "9464",
-        ])
-        .unwrap();
-        let args = cli
-            .connect
-            .service_args(std::path::Path::new("/var/lib/x y"));
+            "--cookies",
+            "/home/a b/cookies.txt",
+            "--state-dir",
+            "/elsewhere",
+            "--on-battery",
+            "run",
+            "--hours",
+            "22:00-07:00",
+        ];
+        let matches = Cli::command().try_get_matches_from(given).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        let args = ConnectArgs::service_args(&matches, Path::new("/var/lib/x y"));
         let text: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
-        assert!(!text
-            .iter()
-            .any(|a| a.contains("SECRET1") || a.contains("http://h")));
-        let mut argv = vec![std::ffi::OsString::from("x")];
+        for gone in [
+            "SECRET1",
+            "http://h",
+            "/elsewhere",
+            "--on-battery",
+            "--hours",
+        ] {
+            assert!(!text.iter().any(|a| a.contains(gone)), "{gone} in {text:?}");
+        }
+        let mut argv = vec![OsString::from("x")];
         argv.extend(args);
         let back = Cli::try_parse_from(argv).unwrap().connect;
-        assert_eq!(
-            back.state_dir.as_deref(),
-            Some(std::path::Path::new("/var/lib/x y"))
-        );
-        assert_eq!(back.lanes, Lanes::Off);
-        assert!(back.allow_private_urls);
-        assert_eq!(back.metrics, Some(([127, 0, 0, 1], 9464).into()));
-        assert_eq!(back.pool.args(), cli.connect.pool.args());
+        assert_eq!(back.state_dir.as_deref(), Some(Path::new("/var/lib/x y")));
+        // Everything else parses back to what was given.
+        let same = |c: &ConnectArgs| {
+            let c = ConnectArgs {
+                state_dir: None,
+                server: ServerArgs {
+                    url: String::new(),
+                    code: None,
+                },
+                prefs: PrefsArgs::default(),
+                ..c.clone()
+            };
+            format!("{c:?}")
+        };
+        assert_eq!(same(&back), same(&cli.connect));
         assert_eq!(back.pool.workers, Workers::Count(3));
-        assert_eq!(back.pool.max_jobs_per_child, Some(7));
+        assert_eq!(back.lanes, Lanes::Off);
+
+        // Defaults are not written: a later version's defaults apply.
+        let matches = Cli::command()
+            .try_get_matches_from(["x", "--code", "C"])
+            .unwrap();
+        let args = ConnectArgs::service_args(&matches, Path::new("/s"));
+        assert_eq!(args, ["--state-dir", "/s"].map(OsString::from));
     }
 
     #[test]

@@ -22,14 +22,16 @@ mod sizing;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use exit::Exit;
 
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The matches too: `service install` writes the options it was given back out.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Err(e) = logging::init(cli.log_format, cli.verbose, cli.log_file.as_deref()) {
         eprintln!("error: {e} (check --log-file)");
         return ExitCode::from(2);
@@ -77,7 +79,11 @@ fn main() -> ExitCode {
                 })
             }
             Some(Command::Service(cmd)) => match cmd {
-                cli::ServiceCommand::Install(a) => service::install(a),
+                cli::ServiceCommand::Install(a) => {
+                    let install = (matches.subcommand_matches("service"))
+                        .and_then(|m| m.subcommand_matches("install"));
+                    service::install(a, install.unwrap_or(&matches))
+                }
                 cli::ServiceCommand::Status(w) => service::status(w),
                 cli::ServiceCommand::Uninstall(w) => service::uninstall(w),
             },

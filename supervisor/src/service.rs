@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-use crate::cli::{ServiceInstallArgs, ServiceWhich};
+use crate::cli::{ConnectArgs, ServiceInstallArgs, ServiceWhich};
 use crate::exit::Exit;
 
 pub const NAME: &str = "chaarfm-super";
@@ -301,7 +301,8 @@ fn write_config(path: &Path, flags: &crate::prefs::settings::Layer) -> anyhow::R
 }
 
 /// `service install`.
-pub fn install(args: &ServiceInstallArgs) -> anyhow::Result<Exit> {
+/// `matches` are the command's own, from which the service's options are written.
+pub fn install(args: &ServiceInstallArgs, matches: &clap::ArgMatches) -> anyhow::Result<Exit> {
     if cfg!(windows) {
         bail!("`service` is not available on Windows yet: run `chaarfm-super --code CODE` from Task Scheduler at logon instead");
     }
@@ -340,7 +341,7 @@ pub fn install(args: &ServiceInstallArgs) -> anyhow::Result<Exit> {
         crate::os::ensure_private_dir(&places.state_dir)
             .with_context(|| format!("creating the state dir {}", places.state_dir.display()))?;
     }
-    let mut service_args = c.service_args(&places.state_dir);
+    let mut service_args = ConnectArgs::service_args(matches, &places.state_dir);
     // The preferences live in the config file, which its owner can edit and the worker
     // reads again: not as flags, which would win over it.
     service_args.splice(
