@@ -212,13 +212,20 @@ fn cuda_check(inv: &sizing::Inventory) -> Check {
     check("cuda", Status::Ok, detail)
 }
 
+/// The release bundle's installer on this platform.
+const INSTALLER: &str = if cfg!(windows) {
+    "install.ps1"
+} else {
+    "install.sh"
+};
+
 /// yt-dlp found, its version and age, and its JavaScript runtime.
 async fn ytdlp_checks(ytdlp: Option<YtDlp>, today: i64) -> Vec<Check> {
     let Some(y) = ytdlp else {
         return vec![check(
             "yt-dlp",
             Status::Fail,
-            "not found: YouTube jobs would fail. Run the bundle's install.sh (or scripts/setup.sh in a checkout), or `pip install \"yt-dlp[default]\" deno`, or set CHAARFM_YTDLP",
+            format!("not found: YouTube jobs would fail. Run the bundle's {INSTALLER} (or scripts/setup.sh in a checkout), or `pip install \"yt-dlp[default]\" deno`, or set CHAARFM_YTDLP"),
         )];
     };
     let version = match y.version().await {
@@ -574,7 +581,7 @@ mod tests {
         let c = ytdlp_checks(None, 0).await;
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].status, Status::Fail);
-        assert!(c[0].detail.contains("install.sh"), "{}", c[0].detail);
+        assert!(c[0].detail.contains(INSTALLER), "{}", c[0].detail);
     }
 
     #[test]

@@ -109,6 +109,7 @@ impl Cause {
             None => match self.ending {
                 Ending::Signal(SIGKILL) => "external_kill",
                 Ending::Signal(_) => "crash",
+                Ending::Exit(c) if ntstatus(c).is_some() => "crash",
                 Ending::Exit(_) | Ending::Unknown => "exit",
             },
         }
@@ -149,7 +150,10 @@ impl fmt::Display for Cause {
                 ),
                 Ending::Signal(s) => write!(f, "child killed by {}", signal_name(s)),
                 Ending::Exit(0) => f.write_str("child exited during the job"),
-                Ending::Exit(c) => write!(f, "child exited with status {c}"),
+                Ending::Exit(c) => match ntstatus(c) {
+                    Some(name) => write!(f, "child crashed: {:#010X} {name}", c as u32),
+                    None => write!(f, "child exited with status {c}"),
+                },
                 Ending::Unknown => f.write_str("child ended for an unknown reason"),
             },
         }
@@ -211,6 +215,32 @@ pub fn signal_name(s: i32) -> String {
     format!("signal {s}")
 }
 
+/// The name of a Windows exception or fatal status (an NTSTATUS of error severity,
+/// `0xC.......`), which is how a crashed process exits there: `Some("access violation")`
+/// for 0xC0000005. Such codes cannot be Unix exit statuses (0-255), so this is decided the
+/// same way everywhere.
+pub fn ntstatus(code: i32) -> Option<&'static str> {
+    let code = code as u32;
+    // Severity "error" and not a customer code (bit 29), so exit(-1) stays a number.
+    if code & 0xE000_0000 != 0xC000_0000 {
+        return None;
+    }
+    Some(match code {
+        0xC000_0005 => "access violation",
+        0xC000_001D => "illegal instruction",
+        0xC000_0017 | 0xC000_012D => "out of memory",
+        0xC000_0094 => "integer division by zero",
+        0xC000_00FD => "stack overflow",
+        0xC000_013A => "stopped by Ctrl-C",
+        0xC000_0135 => "a DLL was not found",
+        0xC000_0139 => "a DLL lacks an entry point (Windows or wine too old?)",
+        0xC000_0142 => "a DLL failed to initialise",
+        0xC000_0374 => "heap corruption",
+        0xC000_0409 => "aborted (fast fail: a panic or a failed check)",
+        _ => "fatal status",
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,10 +258,34 @@ mod tests {
         let cause = classify(Ending::Signal(11), None);
         assert_eq!(reassign(&mut a, &cause), Verdict::Retry);
         assert_eq!(reassign(&mut a, &cause), Verdict::Retry);
+        let message = fail_message(reassign(&mut a, &cause));
+        assert!(message.ends_with("on 3 attempts"), "{message}");
+        // Signal names are Unix's (a Windows child never ends by a signal).
+        #[cfg(unix)]
+        assert_eq!(message, "child killed by SIGSEGV on 3 attempts");
+    }
+
+    #[test]
+    fn a_windows_crash_is_named_by_its_status_and_charged_to_the_job() {
+        let mut a = Attempts::default();
+        let cause = classify(Ending::Exit(0xC000_0005_u32 as i32), None);
+        assert_eq!(cause.fault, Fault::Job);
+        assert_eq!(cause.label(), "crash");
+        assert_eq!(reassign(&mut a, &cause), Verdict::Retry);
+        assert_eq!(reassign(&mut a, &cause), Verdict::Retry);
         assert_eq!(
             fail_message(reassign(&mut a, &cause)),
-            "child killed by SIGSEGV on 3 attempts"
+            "child crashed: 0xC0000005 access violation on 3 attempts"
         );
+        let abort = classify(Ending::Exit(0xC000_0409_u32 as i32), None);
+        assert!(abort.to_string().contains("0xC0000409 aborted"), "{abort}");
+        let odd = classify(Ending::Exit(0xC0AB_CDEF_u32 as i32), None);
+        assert_eq!(odd.to_string(), "child crashed: 0xC0ABCDEF fatal status");
+        // Ordinary exit codes stay numbers.
+        for c in [1, 101, 255, -1] {
+            assert_eq!(ntstatus(c), None, "{c}");
+        }
+        assert_eq!(classify(Ending::Exit(3), None).label(), "exit");
     }
 
     #[test]
@@ -264,6 +318,7 @@ mod tests {
         assert!(classify(Ending::Exit(101), None)
             .to_string()
             .contains("status 101"));
+        #[cfg(unix)] // signal names are Unix's
         assert!(classify(Ending::Signal(6), None)
             .to_string()
             .contains("SIGABRT"));
