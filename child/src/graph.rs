@@ -358,20 +358,15 @@ impl Model {
             g.initializer.extend(br.constants.iter().cloned());
         }
         let old = std::mem::take(&mut g.node);
-        let by_name = |name: &str| old.iter().find(|n| n.name() == name);
         for n in &old {
-            if branches
-                .iter()
-                .any(|br| n.name() == br.relu || n.name() == br.bn)
-            {
+            if (branches.iter()).any(|br| n.name() == br.relu.name() || n.name() == br.bn.name()) {
                 continue; // emitted after the pool
             }
             let Some(br) = branches.iter().find(|br| n.name() == br.pool) else {
                 g.node.push(n.clone());
                 continue;
             };
-            let relu = by_name(&br.relu).ok_or_else(|| GraphError::Missing(br.relu.clone()))?;
-            let bn = by_name(&br.bn).ok_or_else(|| GraphError::Missing(br.bn.clone()))?;
+            let (relu, bn) = (&br.relu, &br.bn);
             let p = n.name();
             let mut cur = format!("{p}/pooled");
             g.node.push(renamed(n, vec![br.conv_out.clone()], &cur));
@@ -472,8 +467,8 @@ impl Model {
             bias: float_tensor(bias, &[padded as i64], &b),
             constants,
             conv_out: conv_out.clone(),
-            relu: relu.name().to_string(),
-            bn: bn.name().to_string(),
+            relu: relu.clone(),
+            bn: bn.clone(),
             pool: p.to_string(),
             out: pool.output[0].clone(),
             sliced: padded != channels,
@@ -519,8 +514,9 @@ struct Branch {
     /// The slice bounds and signs the rewritten branch reads.
     constants: Vec<TensorProto>,
     conv_out: String,
-    relu: String,
-    bn: String,
+    /// The branch's ReLU and batch norm, emitted after the pool.
+    relu: NodeProto,
+    bn: NodeProto,
     pool: String,
     /// The pool's output, which the rewritten branch's BN produces instead.
     out: String,

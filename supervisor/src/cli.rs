@@ -173,7 +173,7 @@ fn ids<A: clap::Args>() -> Vec<String> {
 /// argument given on the command line or by the environment (a default stays the
 /// default of whichever version runs), except those in `skip`. Read from clap's own
 /// definitions, so a new option is carried without code here.
-pub fn to_args<A: clap::Args>(matches: &ArgMatches, skip: &[String]) -> Vec<OsString> {
+fn to_args<A: clap::Args>(matches: &ArgMatches, skip: &[String]) -> Vec<OsString> {
     let def = A::augment_args(clap::Command::new("args"));
     let mut out: Vec<OsString> = Vec::new();
     for arg in def.get_arguments() {
