@@ -156,6 +156,15 @@ pub struct Cut {
     pub pass_through: Vec<String>,
 }
 
+/// A node that multiplies and accumulates: `per_element` MACs for each element of
+/// `output` (a tensor whose shape only a run with real inputs knows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MacSite {
+    pub node: String,
+    pub output: String,
+    pub per_element: u64,
+}
+
 /// A parsed ONNX model: its graph, and the rest of the model (opsets, IR version,
 /// metadata) kept as it was.
 #[derive(Debug, Clone)]
@@ -502,6 +511,88 @@ impl Model {
             return Err(GraphError::Missing(convs.join(", ")));
         }
         Ok(())
+    }
+
+    /// Every node that multiplies and accumulates (Conv, MatMul, Gemm) with what one of
+    /// its output elements costs, read from its weight's shape: the model's arithmetic,
+    /// once a run gives the outputs' shapes (see [`Model::exposing`]).
+    pub fn mac_sites(&self) -> Result<Vec<MacSite>, GraphError> {
+        let mut sites = Vec::new();
+        for n in &self.graph.node {
+            let per_element = match n.op_type() {
+                // [O, C/group, kernel...]: every output element sums C/group x kernel.
+                "Conv" => self.dims(n, 1)?.iter().skip(1).product::<i64>(),
+                // [K, N] (Gemm: [N, K] when transB).
+                "MatMul" => self.dims(n, 1)?[0],
+                "Gemm" => {
+                    let d = self.dims(n, 1)?;
+                    let trans_b = n
+                        .attribute
+                        .iter()
+                        .any(|a| a.name() == "transB" && a.i() != 0);
+                    d[usize::from(trans_b)]
+                }
+                _ => continue,
+            };
+            let output = n
+                .output
+                .first()
+                .ok_or(GraphError::Malformed("a node without output"))?;
+            sites.push(MacSite {
+                node: n.name().to_string(),
+                output: output.clone(),
+                per_element: per_element as u64,
+            });
+        }
+        Ok(sites)
+    }
+
+    /// The dims of node `n`'s `i`th input, an initializer of rank >= 2.
+    fn dims(&self, n: &NodeProto, i: usize) -> Result<Vec<i64>, GraphError> {
+        let name = n
+            .input
+            .get(i)
+            .ok_or(GraphError::Malformed("a weight input is missing"))?;
+        let t = (self.graph.initializer.iter())
+            .find(|t| t.name() == name)
+            .ok_or_else(|| GraphError::Missing(name.clone()))?;
+        match t.dims.len() {
+            0 | 1 => Err(GraphError::Malformed("a weight of rank < 2")),
+            _ => Ok(t.dims.clone()),
+        }
+    }
+
+    /// The model with `names` as extra graph outputs, their shapes left to the runtime,
+    /// so that one run reports the shape of each.
+    pub fn exposing(&self, names: &[String]) -> Model {
+        let mut m = self.clone();
+        m.graph
+            .output
+            .extend(names.iter().map(|name| ValueInfoProto {
+                name: Some(name.clone()),
+                ..ValueInfoProto::default()
+            }));
+        m
+    }
+
+    /// A model with this one's opsets computing `C = A x B` for two `[n, n]` inputs named
+    /// `A` and `B`: a yardstick for the runtime's own GEMM rate.
+    pub fn gemm(&self, n: i64) -> Model {
+        let port = |name: &str| Port {
+            name: name.to_string(),
+            dims: vec![Dim::Fixed(n), Dim::Fixed(n)],
+        };
+        let graph = GraphProto {
+            node: vec![node("gemm", "MatMul", &["A", "B"], &["C"], vec![])],
+            name: Some("gemm".into()),
+            input: vec![value_info(&port("A")), value_info(&port("B"))],
+            output: vec![value_info(&port("C"))],
+            ..GraphProto::default()
+        };
+        Model {
+            top: self.top.clone(),
+            graph,
+        }
     }
 }
 

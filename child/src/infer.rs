@@ -2,6 +2,7 @@
 
 use std::ops::Range;
 use std::path::Path;
+use std::time::Instant;
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
@@ -87,6 +88,18 @@ struct SharedEngine {
     head: Session,
     tail: Session,
     rest: Session,
+    stages: Stages,
+}
+
+/// Where the shared engine's time went since it was loaded, in ms: the timbral
+/// front-end over tracks' interiors, the patch edges, splicing them into each patch's
+/// timbral input, and the per-patch rest (the roofline benchmark's split).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stages {
+    pub front_ms: f64,
+    pub edges_ms: f64,
+    pub splice_ms: f64,
+    pub rest_ms: f64,
 }
 
 /// A loaded MusiCNN model.
@@ -189,6 +202,7 @@ impl Musicnn {
                     head: session(&models.head).map_err(corrupt)?,
                     tail: session(&models.tail).map_err(corrupt)?,
                     rest: session(&models.rest).map_err(corrupt)?,
+                    stages: Stages::default(),
                 }))
             }
         };
@@ -246,6 +260,14 @@ impl Musicnn {
         let mut stream = self.stream();
         stream.push(&mel.data[..mel.frames * BANDS])?;
         stream.finish()
+    }
+
+    /// The shared engine's time per stage so far (none for the per-patch engine).
+    pub fn stages(&self) -> Option<Stages> {
+        match &self.sessions {
+            Sessions::Shared(e) => Some(e.stages),
+            Sessions::Patch(_) => None,
+        }
     }
 
     /// Starts a track whose mel frames arrive in pieces ([`Stream`]).
@@ -415,6 +437,12 @@ impl SharedEngine {
         let (ch, halo) = (m.shared.channels, m.shared.halo);
         let (first, end, n) = (patches.start, patches.end, patches.len());
         let need = (end - 1) * PATCH_HOP + PATCH_FRAMES - halo;
+        let mut clock = Instant::now();
+        let mut lap = |stage: &mut f64| {
+            let now = Instant::now();
+            *stage += (now - clock).as_secs_f64() * 1e3;
+            clock = now;
+        };
         while held.ready < need {
             let to = (held.ready + FRONT_CHUNK).min(need);
             let t = to - held.ready;
@@ -427,6 +455,7 @@ impl SharedEngine {
             }
             held.ready = to;
         }
+        lap(&mut self.stages.front_ms);
         // Both edges of every patch, from the patch's own frames.
         let Scratch {
             raw,
@@ -445,6 +474,7 @@ impl SharedEngine {
         }
         let head = front_run(&mut self.head, heads, n, 2 * halo, halo)?;
         let tail = front_run(&mut self.tail, tails, n, 2 * halo, halo)?;
+        lap(&mut self.stages.edges_ms);
         for (b, t) in timbral.iter_mut().enumerate() {
             t.clear();
             for (i, q) in (first..end).enumerate() {
@@ -463,6 +493,7 @@ impl SharedEngine {
                 }
             }
         }
+        lap(&mut self.stages.splice_ms);
         let shape_t = [n, ch, PATCH_FRAMES];
         let outputs = self
             .rest
@@ -473,6 +504,7 @@ impl SharedEngine {
             ])
             .map_err(run_error)?;
         sums.add(&outputs, n)?;
+        lap(&mut self.stages.rest_ms);
         // Timbral frames before the next patch's interior are no longer needed.
         let drop = (end * PATCH_HOP + halo).min(held.ready) - held.base;
         for h in &mut held.held {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod bench;
 pub mod mock;
 #[cfg(target_os = "linux")]
 pub mod soak;

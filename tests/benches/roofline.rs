@@ -1,0 +1,388 @@
+//! Roofline benchmark (issue 26): how close the pool comes to this machine's arithmetic
+//! ceiling, and where a child's time goes.
+//!
+//! 1. One core's fp32 rates: a 4096x4096 SGEMM by `matrixmultiply` 0.3 (its AVX-512 16x16
+//!    kernel when the CPU has avx512f, else its FMA/AVX2 8x8 one) and by ONNX Runtime's
+//!    MatMul (MLAS), best of 3 each; ORT's own Conv on the model's two timbral shapes
+//!    (`Conv__134`, `Conv__123`) over 4,096 frames, cut from the model; and the FMA roof
+//!    (register-only fused multiply-adds). The ceiling's rate is the fastest kernel
+//!    measured; the FMA roof bounds every kernel.
+//! 2. The model's arithmetic: every Conv and MatMul of the models the engines run (the
+//!    published one; the shared engine's four, made by `graph::shared_engine` as a child
+//!    makes them), counted by `graph::Model::mac_sites` from the weights' shapes, times
+//!    the output shapes one ORT run reports. Per audio second: 62.5 frames, 62.5/93
+//!    patches.
+//! 3. The pool: `ingest` of the corpus x4 with `--workers 1` and `--workers auto`.
+//! 4. Ceiling = cores x peak / MACs per audio second (in x realtime); efficiency =
+//!    achieved / ceiling, for the SGEMM peak and for ORT's conv rate.
+//! 5. One child's time, split: the shared engine in-process on each corpus file
+//!    (decode, resample, mel; front-end, edges, splice, rest from `Musicnn::stages`);
+//!    IPC and idle are what the `--workers 1` run's wall time adds to that compute.
+//!
+//! Run: `cargo bench -p chaarfm-tests --bench roofline` (after `cargo build --release`).
+//! Options: `--no-pool` (skip 3 and the IPC/idle share).
+use std::time::Instant;
+
+use anyhow::Context;
+use chaarfm_child::features::{BANDS, HOP, PATCH_FRAMES, PATCH_HOP, SAMPLE_RATE};
+use chaarfm_child::graph::{self, Cut, Dim, Model, Port};
+use chaarfm_child::{model, pipeline, runtime, Engine, InferOptions, Musicnn};
+use chaarfm_tests::bench::{corpus_copies, ingest, macs, run, session, total, Feeds};
+use chaarfm_tests::{corpus_dir, references, TempDir};
+
+const GEMM_N: usize = 4096;
+const CONV_FRAMES: usize = 4096;
+
+/// Best of 3 timed runs after a warm-up, in seconds.
+fn best_of_3(mut f: impl FnMut() -> anyhow::Result<f64>) -> anyhow::Result<f64> {
+    f()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        best = best.min(f()?);
+    }
+    Ok(best)
+}
+
+/// One core's fp32 FMA roof in GMAC/s: independent fused multiply-adds on registers only
+/// (12 chains hide the FMA latency on two ports), the bound no kernel can pass.
+#[cfg(target_arch = "x86_64")]
+fn fma_roof() -> Option<f64> {
+    use std::arch::x86_64::*;
+    const CHAINS: usize = 12;
+    const ITERS: usize = 50_000_000;
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512() -> f32 {
+        let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        let mut acc = [_mm512_set1_ps(1.0); CHAINS];
+        for _ in 0..ITERS {
+            for r in &mut acc {
+                *r = _mm512_fmadd_ps(*r, a, b);
+            }
+        }
+        acc.iter().map(|r| _mm512_reduce_add_ps(*r)).sum()
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2() -> f32 {
+        let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        let mut acc = [_mm256_set1_ps(1.0); CHAINS];
+        for _ in 0..ITERS {
+            for r in &mut acc {
+                *r = _mm256_fmadd_ps(*r, a, b);
+            }
+        }
+        let mut out = [0f32; 8];
+        let mut total = 0.0;
+        for r in acc {
+            // SAFETY: `out` holds the 8 floats an unaligned store writes.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), r) };
+            total += out.iter().sum::<f32>();
+        }
+        total
+    }
+    let (lanes, run): (usize, fn() -> f32) = if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has avx512f (checked just above).
+        (16, || unsafe { avx512() })
+    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has avx2 and fma (checked just above).
+        (8, || unsafe { avx2() })
+    } else {
+        return None;
+    };
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        std::hint::black_box(run());
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Some((ITERS * CHAINS * lanes) as f64 / best / 1e9)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn fma_roof() -> Option<f64> {
+    None
+}
+
+fn sgemm_matrixmultiply() -> f64 {
+    let n = GEMM_N;
+    let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.25).collect();
+    let b: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 * 0.5).collect();
+    let mut c = vec![0f32; n * n];
+    let once = |c: &mut [f32]| {
+        let t = Instant::now();
+        // SAFETY: a, b and c are n x n row-major buffers, so every index the strides
+        // (row n, column 1) reach is inside them; c does not alias a or b.
+        unsafe {
+            matrixmultiply::sgemm(
+                n,
+                n,
+                n,
+                1.0,
+                a.as_ptr(),
+                n as isize,
+                1,
+                b.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+        t.elapsed().as_secs_f64()
+    };
+    once(&mut c);
+    (0..3).map(|_| once(&mut c)).fold(f64::INFINITY, f64::min)
+}
+
+/// The model's convolution `conv` alone, over a free number of frames: its input is the
+/// reshaped, normalized patch `[1, 1, T, 96]`, its output `[1, O, T, W]`.
+fn conv_alone(
+    published: &Model,
+    conv: &str,
+    input: &str,
+    filters: i64,
+    width: i64,
+) -> anyhow::Result<Vec<u8>> {
+    let cut = Cut {
+        inputs: vec![Port {
+            name: input.to_string(),
+            dims: vec![
+                Dim::Fixed(1),
+                Dim::Fixed(1),
+                Dim::Free("time"),
+                Dim::Fixed(BANDS as i64),
+            ],
+        }],
+        outputs: vec![Port {
+            name: format!("{conv}:0"),
+            dims: vec![
+                Dim::Fixed(1),
+                Dim::Fixed(filters),
+                Dim::Free("time"),
+                Dim::Fixed(width),
+            ],
+        }],
+        pass_through: vec![],
+    };
+    Ok(published.extract(&cut)?.to_bytes())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let with_pool = !args.iter().any(|a| a == "--no-pool");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    println!(
+        "host: {cpu}, {cores} cores, ONNX Runtime {}",
+        runtime::version().unwrap_or_default()
+    );
+
+    // 1. Peaks.
+    let gemm_macs = (GEMM_N as f64).powi(3);
+    let mm = gemm_macs / sgemm_matrixmultiply() / 1e9;
+    let kernel = if std::arch::is_x86_feature_detected!("avx512f") {
+        "AVX-512 16x16"
+    } else {
+        "FMA/AVX2 8x8"
+    };
+    println!("SGEMM {GEMM_N}^3, 1 thread: matrixmultiply ({kernel} kernel) {mm:.1} GMAC/s");
+    let path = model::resolve(None)?;
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let published = Model::parse(&bytes)?;
+    let mut gemm = session(&published.gemm(GEMM_N as i64).to_bytes())?;
+    let feeds: Feeds = ["A", "B"]
+        .map(|n| (n.to_string(), vec![GEMM_N, GEMM_N]))
+        .into();
+    let ort_gemm = gemm_macs / best_of_3(|| Ok(run(&mut gemm, &feeds)?.0))? / 1e9;
+    println!("SGEMM {GEMM_N}^3, 1 thread: ONNX Runtime MatMul (MLAS) {ort_gemm:.1} GMAC/s");
+    let roof = fma_roof();
+    match roof {
+        Some(r) => println!("FMA roof, 1 thread (registers only): {r:.1} GMAC/s"),
+        None => println!("FMA roof: not measured on this CPU"),
+    }
+    let m = model::manifest();
+    let conv_input = m.shared.pinned_reshape.clone() + ":0";
+    let (mut conv_rate, mut conv_best) = (f64::INFINITY, 0f64);
+    for (conv, width) in [("Conv__134", 59), ("Conv__123", 30)] {
+        let c = conv_alone(
+            &published,
+            conv,
+            &conv_input,
+            m.shared.channels as i64,
+            width,
+        )?;
+        let feeds: Feeds = vec![(conv_input.clone(), vec![1, 1, CONV_FRAMES, BANDS])];
+        let work = total(&macs(&c, &feeds)?);
+        let mut s = session(&c)?;
+        let rate = work / best_of_3(|| Ok(run(&mut s, &feeds)?.0))? / 1e9;
+        println!("ONNX Runtime Conv {conv} over {CONV_FRAMES} frames: {rate:.1} GMAC/s");
+        conv_rate = conv_rate.min(rate);
+        conv_best = conv_best.max(rate);
+    }
+    // The ceiling's rate: the fastest dense fp32 kernel measured on one core (a GEMM crate
+    // that does not reach the hardware must not lower the ceiling below what ORT's own
+    // convolutions achieve).
+    let peak = mm.max(ort_gemm).max(conv_best);
+
+    // 2. The model's arithmetic per audio second.
+    let frames_per_s = f64::from(SAMPLE_RATE) / HOP as f64;
+    let patches_per_s = frames_per_s / PATCH_HOP as f64;
+    let patch_feed: Feeds = vec![(m.input.clone(), vec![1, PATCH_FRAMES, BANDS])];
+    let full = macs(&bytes, &patch_feed)?;
+    println!(
+        "\nMACs per patch, published model: {:.1} M",
+        total(&full) / 1e6
+    );
+    for (node, n) in &full {
+        println!(
+            "  {node:28} {:8.1} M  {:5.2}%",
+            *n as f64 / 1e6,
+            *n as f64 * 100.0 / total(&full)
+        );
+    }
+    let per_patch_engine = total(&full) * patches_per_s;
+    let block = if std::arch::is_x86_feature_detected!("avx512f") {
+        16
+    } else {
+        8
+    };
+    let derived = graph::shared_engine(&bytes, m, block)?;
+    let (ch, halo) = (m.shared.channels, m.shared.halo);
+    let chunk = 128;
+    let front_feed: Feeds = vec![(m.shared.raw.clone(), vec![1, 1, chunk + 2 * halo, BANDS])];
+    let front_per_frame = total(&macs(&derived.front, &front_feed)?) / chunk as f64;
+    let edge_feed: Feeds = vec![(m.shared.raw.clone(), vec![1, 1, 2 * halo, BANDS])];
+    let edges = total(&macs(&derived.head, &edge_feed)?) + total(&macs(&derived.tail, &edge_feed)?);
+    let mut rest_feed: Feeds = vec![(m.shared.raw.clone(), vec![1, 1, PATCH_FRAMES, BANDS])];
+    rest_feed.extend(
+        m.shared
+            .timbral
+            .iter()
+            .map(|t| (t.clone(), vec![1, ch, PATCH_FRAMES])),
+    );
+    let rest = total(&macs(&derived.rest, &rest_feed)?);
+    let shared_engine = front_per_frame * frames_per_s + (edges + rest) * patches_per_s;
+    println!(
+        "MACs per audio second: per-patch engine {:.1} M; shared engine {:.1} M (timbral once per frame {:.1}, patch edges {:.1}, the per-patch rest {:.1}; channels padded to {block})",
+        per_patch_engine / 1e6,
+        shared_engine / 1e6,
+        front_per_frame * frames_per_s / 1e6,
+        edges * patches_per_s / 1e6,
+        rest * patches_per_s / 1e6,
+    );
+    let ceiling = |rate: f64| cores as f64 * rate * 1e9 / shared_engine;
+    println!(
+        "ceiling of the shared engine on {cores} cores: {:.1}x realtime at the fastest measured kernel ({peak:.1} GMAC/s), {:.1}x at ORT's slower timbral conv ({conv_rate:.1} GMAC/s)",
+        ceiling(peak),
+        ceiling(conv_rate)
+    );
+    if let Some(r) = roof {
+        println!("  and {:.1}x at the FMA roof ({r:.1} GMAC/s)", ceiling(r));
+    }
+
+    // 5 (compute part). One child's split, in-process.
+    let mut shared = Musicnn::load(
+        &path,
+        &InferOptions {
+            engine: Engine::Shared,
+            ..Default::default()
+        },
+    )?;
+    let names: Vec<String> = references()
+        .into_iter()
+        .filter(|(_, r)| r.vector.is_some())
+        .map(|(n, _)| n)
+        .collect();
+    let warm = pipeline::embed_file(&corpus_dir().join(&names[0]), &mut shared)?;
+    drop(warm);
+    let before = shared
+        .stages()
+        .context("the shared engine reports stages")?;
+    let (mut decode, mut resample, mut mel, mut infer, mut audio) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for name in &names {
+        let e = pipeline::embed_file(&corpus_dir().join(name), &mut shared)?;
+        decode += e.timings.decode_ms;
+        resample += e.timings.resample_ms;
+        mel += e.timings.features_ms;
+        infer += e.timings.infer_ms;
+        audio += e.duration_s;
+    }
+    let after = shared
+        .stages()
+        .context("the shared engine reports stages")?;
+    let stage = |f: fn(&chaarfm_child::infer::Stages) -> f64| f(&after) - f(&before);
+    let (front, edges_ms, splice, rest_ms) = (
+        stage(|s| s.front_ms),
+        stage(|s| s.edges_ms),
+        stage(|s| s.splice_ms),
+        stage(|s| s.rest_ms),
+    );
+    let other = infer - front - edges_ms - splice - rest_ms;
+    let compute = decode + resample + mel + infer;
+
+    // 3. The pool.
+    let mut idle = None;
+    let mut achieved = None;
+    if with_pool {
+        let dir = TempDir::new("bench-roofline");
+        let copies = 4;
+        let files = corpus_copies(&dir, copies)?;
+        println!("\npool: {} jobs", files.len());
+        let one = ingest(&files, "1", "shared", &dir)?;
+        let auto = ingest(&files, "auto", "shared", &dir)?;
+        idle = Some((one.wall_s * 1e3 - copies as f64 * compute).max(0.0) / copies as f64);
+        achieved = Some((one.xrt, auto.xrt));
+    }
+
+    println!("\none child's time on the corpus ({audio:.0} s of audio), shared engine, 1 thread:");
+    let all = compute + idle.unwrap_or(0.0);
+    for (what, ms) in [
+        ("decode", decode),
+        ("resample", resample),
+        ("mel", mel),
+        ("front-end", front),
+        ("edges", edges_ms),
+        ("splice", splice),
+        ("rest", rest_ms),
+        ("stream bookkeeping", other),
+    ] {
+        println!("  {what:20} {ms:9.1} ms  {:5.1}%", ms * 100.0 / all);
+    }
+    match idle {
+        Some(ms) => println!(
+            "  {:20} {ms:9.1} ms  {:5.1}%  (--workers 1 wall time minus the compute above)",
+            "IPC/idle",
+            ms * 100.0 / all
+        ),
+        None => println!("  IPC/idle: not measured (--no-pool)"),
+    }
+    println!(
+        "  in-process: {:.1}x realtime on one core",
+        audio * 1e3 / compute
+    );
+
+    if let Some((one, auto)) = achieved {
+        println!("\nachieved: {one:.1}x realtime with 1 child, {auto:.1}x with --workers auto");
+        println!(
+            "efficiency (auto / ceiling): {:.1}% of the fastest-kernel ceiling (target >= 75%), {:.1}% of ORT's conv ceiling",
+            auto * 100.0 / ceiling(peak),
+            auto * 100.0 / ceiling(conv_rate)
+        );
+        if let Some(r) = roof {
+            println!(
+                "  {:.1}% of the FMA-roof ceiling",
+                auto * 100.0 / ceiling(r)
+            );
+        }
+    }
+    Ok(())
+}
