@@ -110,6 +110,18 @@ fn fma_roof(_threads: usize) -> Option<f64> {
     None
 }
 
+/// Whether the CPU has AVX-512 (matrixmultiply's 16x16 kernel, ORT's 16-float NCHWc block).
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 fn sgemm_matrixmultiply() -> f64 {
     let n = GEMM_N;
     let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.25).collect();
@@ -197,7 +209,7 @@ fn main() -> anyhow::Result<()> {
     // 1. Peaks.
     let gemm_macs = (GEMM_N as f64).powi(3);
     let mm = gemm_macs / sgemm_matrixmultiply() / 1e9;
-    let kernel = if std::arch::is_x86_feature_detected!("avx512f") {
+    let kernel = if has_avx512() {
         "AVX-512 16x16"
     } else {
         "FMA/AVX2 8x8"
@@ -266,11 +278,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let per_patch_engine = total(&full) * patches_per_s;
-    let block = if std::arch::is_x86_feature_detected!("avx512f") {
-        16
-    } else {
-        8
-    };
+    let block = if has_avx512() { 16 } else { 8 };
     let derived = graph::shared_engine(&bytes, m, block)?;
     let (ch, halo) = (m.shared.channels, m.shared.halo);
     let chunk = 128;
