@@ -194,13 +194,14 @@ impl Model {
             .ok_or_else(|| GraphError::Missing(name.to_string()))
     }
 
-    fn floats(&self, name: &str) -> Result<(Vec<i64>, Vec<f32>), GraphError> {
-        let t = self
-            .graph
-            .initializer
-            .iter()
+    fn initializer(&self, name: &str) -> Result<&TensorProto, GraphError> {
+        (self.graph.initializer.iter())
             .find(|t| t.name() == name)
-            .ok_or_else(|| GraphError::Missing(name.to_string()))?;
+            .ok_or_else(|| GraphError::Missing(name.to_string()))
+    }
+
+    fn floats(&self, name: &str) -> Result<(Vec<i64>, Vec<f32>), GraphError> {
+        let t = self.initializer(name)?;
         Ok((t.dims.clone(), floats(t)?))
     }
 
@@ -553,9 +554,7 @@ impl Model {
             .input
             .get(i)
             .ok_or(GraphError::Malformed("a weight input is missing"))?;
-        let t = (self.graph.initializer.iter())
-            .find(|t| t.name() == name)
-            .ok_or_else(|| GraphError::Missing(name.clone()))?;
+        let t = self.initializer(name)?;
         match t.dims.len() {
             0 | 1 => Err(GraphError::Malformed("a weight of rank < 2")),
             _ => Ok(t.dims.clone()),

@@ -131,7 +131,7 @@ const FRONT_CHUNK: usize = 128;
 /// The channel block of ONNX Runtime's CPU convolutions (MLAS's NCHWc layout: 16 floats
 /// with AVX-512, else 8): [`crate::graph::pool_first`] pads branches to a multiple of it
 /// so that their pooling stays in that layout. Only speed depends on it, never values.
-fn nchwc_block() -> usize {
+pub fn nchwc_block() -> usize {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         return 16;

@@ -110,7 +110,7 @@ fn fma_roof(_threads: usize) -> Option<f64> {
     None
 }
 
-/// Whether the CPU has AVX-512 (matrixmultiply's 16x16 kernel, ORT's 16-float NCHWc block).
+/// Whether the CPU has AVX-512 (matrixmultiply's 16x16 kernel).
 fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -278,7 +278,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let per_patch_engine = total(&full) * patches_per_s;
-    let block = if has_avx512() { 16 } else { 8 };
+    let block = chaarfm_child::infer::nchwc_block();
     let derived = graph::shared_engine(&bytes, m, block)?;
     let (ch, halo) = (m.shared.channels, m.shared.halo);
     let chunk = 128;
@@ -328,8 +328,7 @@ fn main() -> anyhow::Result<()> {
         .filter(|(_, r)| r.vector.is_some())
         .map(|(n, _)| n)
         .collect();
-    let warm = pipeline::embed_file(&corpus_dir().join(&names[0]), &mut shared)?;
-    drop(warm);
+    pipeline::embed_file(&corpus_dir().join(&names[0]), &mut shared)?; // warm-up
     let before = shared
         .stages()
         .context("the shared engine reports stages")?;
