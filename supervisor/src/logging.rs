@@ -331,6 +331,8 @@ mod tests {
         let mut g = DailyFile::open(&path, 2).unwrap();
         g.write_line(b"more\n", crate::date::today()).unwrap();
         assert!(read(&path).ends_with("more\n"));
+        // Closed first: Windows removes no directory holding an open file.
+        drop(g);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

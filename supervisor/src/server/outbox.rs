@@ -71,6 +71,11 @@ pub struct Outbox {
     dir: PathBuf,
     dest: Destination,
     held: Mutex<(u64, BTreeMap<String, Held>)>,
+    /// Held across each file write and removal: one at a time. On Windows a rename onto
+    /// a file that another rename or removal has open fails (sharing violation), so
+    /// concurrent writes of one job id (`Hub` stores batches on blocking threads) would
+    /// fail there; on Unix it costs nothing, a write being ~1 ms.
+    files: Mutex<()>,
     others: Others,
     /// Moved to the export file at open: how many, and where.
     exported: Option<(usize, PathBuf)>,
@@ -211,6 +216,7 @@ impl Outbox {
             dir: dir.to_path_buf(),
             dest,
             held: Mutex::new((0, BTreeMap::new())),
+            files: Mutex::new(()),
             others,
             exported,
         };
@@ -273,9 +279,15 @@ impl Outbox {
             entry.dest.as_ref() == Some(&self.dest),
             "a result for another destination"
         );
-        let written = write_entry(&self.file(&entry.job_id), entry);
+        let written = self.write(entry);
         self.insert(entry.clone(), written.is_ok());
         written
+    }
+
+    /// Writes `entry`'s file, one write at a time ([`Outbox::files`]).
+    fn write(&self, entry: &Entry) -> std::io::Result<()> {
+        let _files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        write_entry(&self.file(&entry.job_id), entry)
     }
 
     /// Forgets a result the server has shown it processed.
@@ -287,6 +299,7 @@ impl Outbox {
             .1
             .remove(job_id);
         if was.is_none_or(|h| h.on_disk) {
+            let _files = self.files.lock().unwrap_or_else(|p| p.into_inner());
             let _ = std::fs::remove_file(self.file(job_id));
         }
     }
@@ -332,7 +345,7 @@ impl Outbox {
                 .collect()
         };
         for e in todo {
-            write_entry(&self.file(&e.job_id), &e)?;
+            self.write(&e)?;
             if let Some(h) = self
                 .held
                 .lock()
@@ -434,9 +447,12 @@ fn write_entry(path: &Path, entry: &Entry) -> std::io::Result<()> {
     let n = WRITES.fetch_add(1, Ordering::Relaxed);
     let tmp = path.with_extension(format!("{n}.tmp"));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec(entry).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec(entry).map_err(std::io::Error::other)?)?;
+            f.sync_all()?;
+        }
+        // Closed first: Windows renames a file more readily when no handle has it open.
         std::fs::rename(&tmp, path)
     })();
     if result.is_err() {
@@ -614,6 +630,39 @@ mod tests {
         assert_eq!(ob.pending().len(), 1);
         let names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
         assert_eq!(names.len(), 1, "{names:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Windows: a result file that another program holds open without
+    /// FILE_SHARE_DELETE (a virus scanner, an indexer) cannot be replaced. The new result
+    /// is then held in memory, counted unsaved, and written by the next `persist` once
+    /// the handle is closed: never lost.
+    #[cfg(windows)]
+    #[test]
+    fn a_result_whose_file_another_program_holds_open_is_kept_and_written_later() {
+        use std::os::windows::fs::OpenOptionsExt;
+        const FILE_SHARE_READ: u32 = 1;
+        let dir = test_dir("held");
+        let ob = Outbox::open(&dir, here()).unwrap();
+        ob.put(&entry("busy", 0)).unwrap();
+        let scanner = std::fs::OpenOptions::new()
+            .read(true)
+            .share_mode(FILE_SHARE_READ)
+            .open(ob.file("busy"))
+            .unwrap();
+        let newer = entry("busy", 3);
+        assert!(
+            ob.put(&newer).is_err(),
+            "replaced a file held open without FILE_SHARE_DELETE"
+        );
+        assert_eq!(ob.unsaved(), 1);
+        assert_eq!(ob.pending_ids(), vec![("busy".to_string(), 3)]);
+        drop(scanner);
+        ob.persist().unwrap();
+        assert_eq!(ob.unsaved(), 0);
+        assert_eq!(read_entry(&ob.file("busy")).map(|e| e.lane), Some(3));
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1, "stray files: {names:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
