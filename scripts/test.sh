@@ -11,3 +11,5 @@ cargo test --release --workspace --locked --features chaarfm-super/fault-injecti
 # The release bundle, built for glibc 2.28 and checked as a user meets it: unpacked
 # outside the checkout, run with env -i, vectors compared with Essentia's.
 bash scripts/release.sh
+# The Windows build under wine: every unit test, and the Windows bundle's smoke test.
+bash scripts/test-windows.sh

@@ -1,0 +1,212 @@
+//! The Windows build, run here under wine (issue 23): the release bundle's own
+//! `chaarfm-super.exe`, with the ONNX Runtime DLL and the model beside it as a user
+//! unpacks them. `scripts/test-windows.sh` makes the bundle and the wine prefix, then
+//! runs this file (feature `windows-smoke`; nothing else can run it) with
+//! `CHAARFM_WINDOWS_BUNDLE` naming the unpacked bundle.
+//!
+//! Windows processes under wine are Linux processes: a child is killed with SIGKILL, as
+//! TerminateProcess would, and found by its command line (`chaarfm-super.exe __child`).
+#![cfg(target_os = "linux")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chaarfm_tests::mock::{Mock, MockConfig};
+use chaarfm_tests::{corpus_dir, cosine, references, wait_until, Spawned, TempDir};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// One supervisor under wine at a time: children are told apart from another test's only
+/// by their command line.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn bundle() -> PathBuf {
+    let dir = std::env::var_os("CHAARFM_WINDOWS_BUNDLE")
+        .map(PathBuf::from)
+        .expect("CHAARFM_WINDOWS_BUNDLE is not set: run scripts/test-windows.sh");
+    assert!(
+        dir.join("chaarfm-super.exe").is_file(),
+        "no chaarfm-super.exe in {}: run scripts/test-windows.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// `p` as a Windows program names it: wine's drive Z: is the Linux root.
+fn win(p: &Path) -> String {
+    let abs = std::path::absolute(p).expect("absolute path");
+    format!("Z:{}", abs.display().to_string().replace('/', "\\"))
+}
+
+/// The bundle's exe under wine, finding its ONNX Runtime and model beside itself: the
+/// checkout's settings (cargo's `[env]`, for Linux processes) are removed.
+fn exe() -> Command {
+    let mut cmd = Command::new("wine");
+    cmd.arg(bundle().join("chaarfm-super.exe"))
+        .env_remove("ORT_DYLIB_PATH")
+        .env_remove("CHAARFM_MODEL")
+        .env_remove("CHAARFM_YTDLP");
+    cmd
+}
+
+/// Linux PIDs of the bundle's child processes now running under wine.
+fn wine_children() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains("chaarfm-super.exe __child")
+            })
+        })
+        .filter(|pid| chaarfm_tests::alive(*pid))
+        .collect()
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit(['\\', '/']).next().unwrap_or(path)
+}
+
+/// Each JSON line's vector (or error), by file name, checked against Essentia's.
+fn check_against_essentia(lines: &str) {
+    let refs = references();
+    let mut seen = std::collections::BTreeMap::new();
+    for line in lines.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).expect("a JSON line");
+        let name = file_name(v["path"].as_str().expect("path")).to_string();
+        *seen.entry(name.clone()).or_insert(0) += 1;
+        let r = refs
+            .get(&name)
+            .unwrap_or_else(|| panic!("{name} is not in the corpus"));
+        match (&r.vector, v["vector"].as_array()) {
+            (Some(want), Some(got)) => {
+                let got: Vec<f32> = got.iter().map(|x| x.as_f64().unwrap() as f32).collect();
+                let c = cosine(want, &got);
+                assert!(c >= 0.9999, "{name}: cosine {c:.7} to Essentia's");
+                println!("{name}: cosine {c:.7}");
+            }
+            (None, None) => assert!(
+                v["error"].as_str().is_some_and(|e| e.contains("too short")),
+                "{name}: {v}"
+            ),
+            _ => panic!("{name}: expected {:?}, got {v}", r.vector.is_some()),
+        }
+    }
+    let want: Vec<_> = refs.keys().cloned().collect();
+    let got: Vec<_> = seen.keys().cloned().collect();
+    assert_eq!(got, want, "every corpus file");
+    assert!(seen.values().all(|n| *n == 1), "each file once: {seen:?}");
+}
+
+#[test]
+fn embed_gives_essentia_s_vectors() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let refs = references();
+    let out = exe()
+        .arg("embed")
+        .args(refs.keys().map(|f| win(&corpus_dir().join(f))))
+        .output()
+        .expect("wine runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // One file (the too-short clip) fails, so the exit code says so.
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    check_against_essentia(&String::from_utf8_lossy(&out.stdout));
+    assert!(wait_until(Duration::from_secs(30), || wine_children().is_empty()));
+}
+
+#[test]
+fn ingest_with_a_child_killed_mid_job_does_every_file_once() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = TempDir::new("windows-ingest");
+    let out = dir.join("out.jsonl");
+    let mut cmd = exe();
+    cmd.args(["ingest", "--workers", "2", "--out"])
+        .arg(win(&out))
+        .arg(win(&corpus_dir()));
+    let mut sup = Spawned::spawn(cmd);
+    // Both children ready, so both have a job at once (7 files, 2 children), then one is
+    // killed as TerminateProcess would.
+    assert!(
+        wait_until(Duration::from_secs(120), || sup
+            .stderr_so_far()
+            .matches("child ready")
+            .count()
+            >= 2),
+        "children never started:\n{}",
+        sup.stderr_so_far()
+    );
+    let kids = wine_children();
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    kill(Pid::from_raw(kids[0] as i32), Signal::SIGKILL).expect("kill a child");
+    assert!(wait_until(Duration::from_secs(300), || !sup.running()));
+    let (code, _, stderr) = sup.wait();
+    assert_eq!(code, Some(0), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("child died; the job goes to another child"),
+        "the kill went unnoticed:\n{stderr}"
+    );
+    check_against_essentia(&std::fs::read_to_string(&out).expect("the output file"));
+    assert!(wait_until(Duration::from_secs(30), || wine_children().is_empty()));
+}
+
+#[test]
+fn connect_mode_stores_every_job_and_a_killed_supervisor_leaves_no_child() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mock = Mock::start(MockConfig::new(corpus_dir()));
+    let refs = references();
+    for name in refs.keys() {
+        mock.add_audio_job(name);
+    }
+    let state = TempDir::new("windows-connect");
+    let mut cmd = exe();
+    cmd.args(["--url", &mock.base_url(), "--code", "TEST42", "--state-dir"])
+        .arg(win(state.path()))
+        .args(["--workers", "2", "--allow-private-urls"])
+        .args(["--pause-when-busy", "off", "--min-free-disk-gb", "0"]);
+    let sup = Spawned::spawn(cmd);
+    let all = mock.wait_results(refs.len(), Duration::from_secs(300));
+    assert!(
+        all,
+        "only {} of {} results arrived; stderr:\n{}",
+        mock.received().len(),
+        refs.len(),
+        sup.stderr_so_far()
+    );
+    // The mock stores each vector under its file's stem (its youtube_id).
+    let stored = mock.stored();
+    for (name, r) in &refs {
+        let id = name.rsplit_once('.').map(|(s, _)| s).unwrap_or(name);
+        match &r.vector {
+            Some(want) => {
+                let got: Vec<f32> = stored
+                    .get(id)
+                    .unwrap_or_else(|| panic!("{name} not stored"))
+                    .iter()
+                    .map(|&x| x as f32)
+                    .collect();
+                let c = cosine(&got, want);
+                println!("{name}: stored, cosine {c:.7}");
+                assert!(c >= 0.9999, "{name}: cosine {c}");
+            }
+            None => assert!(!stored.contains_key(id), "{name} should have failed"),
+        }
+    }
+    // The supervisor killed outright: its Job Object takes every child with it.
+    assert_eq!(wine_children().len(), 2, "{}", sup.stderr_so_far());
+    kill(Pid::from_raw(sup.id() as i32), Signal::SIGKILL).expect("kill the supervisor");
+    let mut sup = sup;
+    assert!(wait_until(Duration::from_secs(30), || !sup.running()));
+    let _ = sup.wait();
+    assert!(
+        wait_until(Duration::from_secs(30), || wine_children().is_empty()),
+        "children outlived their supervisor: {:?}",
+        wine_children()
+    );
+}
