@@ -11,7 +11,7 @@
 #                                                    by scripts/check-bundle.sh
 #   scripts/release.sh --host                        the same with this machine's glibc
 #   scripts/release.sh --target x86_64-pc-windows-gnu   a .zip, cross-built here with zig;
-#                                                    not runnable here (contents checked only)
+#                                                    run under wine by scripts/test-windows.sh
 #   scripts/release.sh --target aarch64-apple-darwin    on a Mac only (Apple's SDK links it)
 #
 # The model comes from CHAARFM_MODEL, else ../shared/models, else the user cache dir
