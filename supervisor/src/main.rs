@@ -41,6 +41,40 @@ fn main() -> ExitCode {
         logging::flush();
         return code;
     }
+    let explorer = os::started_from_explorer();
+    if explorer && cli.command.is_none() {
+        logging::eprint(&explorer_hello());
+    }
+    let code = run(cli, &matches);
+    if explorer {
+        // Explorer closes the window when the process exits: keep the last words readable.
+        logging::eprint("\nPress Enter to close this window.\n");
+        logging::flush();
+        let _ = std::io::stdin().read_line(&mut String::new());
+    }
+    code
+}
+
+/// Said once to someone who double-clicked the program: what this window is, and how
+/// to have it start at every logon instead.
+fn explorer_hello() -> String {
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "chaarfm-super.exe".into());
+    // Short lines: a new console is 80 columns wide.
+    format!(
+        "chaarfm-super {}: a ChaarFM ingestion worker.\n\
+         It works while this window is open. Ctrl-C stops it cleanly,\n\
+         handing unfinished jobs back.\n\n\
+         To start it at every logon instead, run in a Command Prompt\n    \
+         setx CHAARFM_CODE YOUR-CODE\n\
+         then put a shortcut to\n    {exe}\n\
+         in your Startup folder (Win+R, shell:startup). README.md says more.\n\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+fn run(cli: Cli, matches: &clap::ArgMatches) -> ExitCode {
     // The runtime directory goes on every exit path, a panic's included.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -82,7 +116,7 @@ fn main() -> ExitCode {
                 cli::ServiceCommand::Install(a) => {
                     let install = (matches.subcommand_matches("service"))
                         .and_then(|m| m.subcommand_matches("install"));
-                    service::install(a, install.unwrap_or(&matches))
+                    service::install(a, install.unwrap_or(matches))
                 }
                 cli::ServiceCommand::Status(w) => service::status(w),
                 cli::ServiceCommand::Uninstall(w) => service::uninstall(w),

@@ -45,7 +45,10 @@ fn win(p: &Path) -> String {
 /// checkout's settings (cargo's `[env]`, for Linux processes) are removed.
 fn exe() -> Command {
     let mut cmd = Command::new("wine");
+    // stdin never a terminal: wine would give the program a console of its own, as
+    // Explorer does, and it would wait for Enter at the end.
     cmd.arg(bundle().join("chaarfm-super.exe"))
+        .stdin(std::process::Stdio::null())
         .env_remove("ORT_DYLIB_PATH")
         .env_remove("CHAARFM_MODEL")
         .env_remove("CHAARFM_YTDLP");
@@ -209,4 +212,75 @@ fn connect_mode_stores_every_job_and_a_killed_supervisor_leaves_no_child() {
         "children outlived their supervisor: {:?}",
         wine_children()
     );
+}
+
+/// Started with a console of its own, as a double-click in Explorer starts it (wine
+/// gives a program on a terminal one, here `script`'s): it says what the window is and
+/// how to start it at every logon, asks for the pairing code, and after an error waits
+/// for Enter before the window closes, so the error can be read.
+#[test]
+fn a_double_click_asks_for_the_code_and_keeps_the_window_open_at_the_end() {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let exe = bundle().join("chaarfm-super.exe");
+    // `script` runs it on a new terminal (-e: with its exit status).
+    let mut term = Command::new("script")
+        .args([
+            "-qec",
+            &format!("wine '{}' --url http://127.0.0.1:9", exe.display()),
+        ])
+        .arg("/dev/null")
+        .env_remove("ORT_DYLIB_PATH")
+        .env_remove("CHAARFM_MODEL")
+        .env_remove("CHAARFM_CODE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script (util-linux) runs");
+    let screen = std::sync::Arc::new(Mutex::new(Vec::<u8>::new()));
+    let mut out = term.stdout.take().expect("piped");
+    let seen = std::sync::Arc::clone(&screen);
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = out.read(&mut chunk) {
+            seen.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    let shows = |text: &str| {
+        let text = text.to_string();
+        let screen = std::sync::Arc::clone(&screen);
+        wait_until(Duration::from_secs(120), move || {
+            String::from_utf8_lossy(&screen.lock().unwrap()).contains(&text)
+        })
+    };
+    let so_far = || String::from_utf8_lossy(&screen.lock().unwrap()).to_string();
+    let mut keys = term.stdin.take().expect("piped");
+    assert!(
+        shows("Pairing code (from the /ingest page):"),
+        "{}",
+        so_far()
+    );
+    // A console's Enter is a carriage return.
+    keys.write_all(b"bad code!\r").unwrap();
+    keys.flush().unwrap();
+    assert!(shows("Press Enter to close this window."), "{}", so_far());
+    assert!(term.try_wait().unwrap().is_none(), "closed without waiting");
+    keys.write_all(b"\r").unwrap();
+    keys.flush().unwrap();
+    assert!(wait_until(Duration::from_secs(60), || term
+        .try_wait()
+        .is_ok_and(|s| s.is_some())));
+    let status = term.wait().unwrap();
+    let text = so_far();
+    assert_eq!(status.code(), Some(2), "{text}");
+    for line in [
+        "It works while this window is open.",
+        "setx CHAARFM_CODE YOUR-CODE",
+        "(Win+R, shell:startup)",
+        "error: the pairing code must be letters, digits, '-' or '_'",
+    ] {
+        assert!(text.contains(line), "{line:?} missing:\n{text}");
+    }
 }

@@ -70,6 +70,18 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     imp::free_bytes(dir)
 }
 
+/// Whether this process was started by a double-click (Windows Explorer): it is then
+/// alone on a console made for it, which closes the moment it exits, taking every
+/// message with it. Never on Unix.
+pub fn started_from_explorer() -> bool {
+    alone_on(imp::console_processes())
+}
+
+/// A console holding only this process was made for it.
+fn alone_on(console_processes: u32) -> bool {
+    console_processes == 1
+}
+
 /// Windows' power status: (on AC power, battery charge %), when it has a battery and
 /// knows; `None` elsewhere (other systems are read by `prefs::power`).
 pub fn system_power() -> Option<(bool, Option<u8>)> {
@@ -205,6 +217,16 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, LockError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_console_of_its_own_means_explorer_started_it() {
+        assert!(alone_on(1));
+        // No console (a service, a pipe), or a terminal shared with its shell.
+        assert!(!alone_on(0));
+        assert!(!alone_on(2));
+        // The test harness runs with its output captured, never from Explorer.
+        assert!(!started_from_explorer());
+    }
 
     #[test]
     fn a_second_lock_on_one_state_dir_names_the_holder() {

@@ -20,6 +20,15 @@ pub fn pid_alive(pid: u32) -> bool {
     sys.process(p).is_some()
 }
 
+/// How many processes share this process's console: 0 without one, 1 when the console
+/// was made for this process alone (a double-click in Explorer).
+pub fn console_processes() -> u32 {
+    use windows_sys::Win32::System::Console::GetConsoleProcessList;
+    let mut ids = [0u32; 4];
+    // SAFETY: `ids` is a writable buffer of exactly the length passed.
+    unsafe { GetConsoleProcessList(ids.as_mut_ptr(), ids.len() as u32) }
+}
+
 /// Bytes free for this user on the volume holding `dir`.
 pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     use std::os::windows::ffi::OsStrExt;
