@@ -62,6 +62,35 @@ PY
   rm -rf "$tmp"
 }
 
+# uv for Windows' install.ps1 (it makes the yt-dlp environment without a system Python):
+# the version pinned here, its wheel's sha256 written into install.ps1.
+uv_version=0.13.9
+# Fetches uv's win_amd64 wheel from PyPI into .deps/uv-win_amd64 (uv.exe unpacked beside
+# it, for scripts/test-windows.sh) and prints its sha256; fails unless uv.exe is where
+# install.ps1 takes it from.
+uv_wheel() {
+  local dest=.deps/uv-win_amd64
+  if [ ! -f "$dest/VERSION" ] || [ "$(cat "$dest/VERSION")" != "$uv_version" ]; then
+    say "fetching the uv $uv_version wheel for win_amd64 from PyPI"
+    rm -rf "$dest"; mkdir -p "$dest"
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --platform win_amd64 \
+      -d "$dest" "uv==$uv_version"
+    echo "$uv_version" > "$dest/VERSION"
+  fi
+  python3 - "$dest" "$uv_version" <<'PY'
+import glob, hashlib, os, sys, zipfile
+dest, version = sys.argv[1:]
+wheel = glob.glob(os.path.join(dest, "uv-*-win_amd64.whl"))[0]
+inside = f"uv-{version}.data/scripts/uv.exe"
+with zipfile.ZipFile(wheel) as z:
+    if inside not in z.namelist():
+        sys.exit(f"release: {wheel} holds no {inside}, where install.ps1 takes uv.exe from")
+    with open(os.path.join(dest, "uv.exe"), "wb") as f:
+        f.write(z.read(inside))
+print(hashlib.sha256(open(wheel, "rb").read()).hexdigest())
+PY
+}
+
 exe=chaarfm-super
 case "$target" in
   x86_64-unknown-linux-gnu)
@@ -121,7 +150,10 @@ cp models/msd-musicnn-1.json models/LICENCE.md "$stage/models/"
 cp LICENSE-MIT LICENSE-APACHE "$stage/"
 if [ "$archive" = zip ]; then
   sed "s/VERSION/$version/g; s/TARGET/$target/g" scripts/bundle/README-windows.md > "$stage/README.md"
-  cp scripts/bundle/install.ps1 "$stage/install.ps1"
+  uv_sha=$(uv_wheel)
+  sed "s/UV_VERSION/$uv_version/g; s/UV_SHA256/$uv_sha/g" scripts/bundle/install.ps1 > "$stage/install.ps1"
+  ! grep -q 'UV_VERSION\|UV_SHA256' "$stage/install.ps1" || { say "install.ps1 kept a placeholder"; exit 1; }
+  say "install.ps1: uv $uv_version, wheel sha256 $uv_sha"
   python3 - "$stage" "dist/$name.zip" <<'PY'
 import os, sys, zipfile
 stage, out = sys.argv[1:]

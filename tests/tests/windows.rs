@@ -284,3 +284,52 @@ fn a_double_click_asks_for_the_code_and_keeps_the_window_open_at_the_end() {
         assert!(text.contains(line), "{line:?} missing:\n{text}");
     }
 }
+
+/// `install.ps1` makes the yt-dlp environment without a system Python, with uv: the
+/// bundle's copy pins a version and a sha256, and the wheel PyPI serves for that version
+/// (fetched by release.sh into `.deps/uv-win_amd64`) has that sha256, and its `uv.exe`
+/// runs on Windows and is that version. (PowerShell itself cannot run here: the script's
+/// own steps are not executed by any test.)
+#[test]
+fn the_installers_pinned_uv_is_pypis_and_runs() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let script = std::fs::read_to_string(bundle().join("install.ps1")).expect("install.ps1");
+    let pinned = |name: &str| {
+        script
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("${name} = \"")))
+            .and_then(|rest| rest.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("${name} not set in install.ps1"))
+            .to_string()
+    };
+    let (version, sha) = (pinned("uvVersion"), pinned("uvSha256"));
+    assert!(
+        !script.contains("Get-Command python"),
+        "install.ps1 still needs a system Python"
+    );
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/uv-win_amd64");
+    let wheel = dir.join(format!("uv-{version}-py3-none-win_amd64.whl"));
+    let out = Command::new("sha256sum")
+        .arg(&wheel)
+        .output()
+        .expect("sha256sum");
+    let got = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        got.split_whitespace().next(),
+        Some(sha.as_str()),
+        "{}",
+        wheel.display()
+    );
+    let out = Command::new("wine")
+        .arg(dir.join("uv.exe"))
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("wine runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with(&format!("uv {version}")),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
