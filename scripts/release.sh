@@ -12,7 +12,9 @@
 #   scripts/release.sh --host                        the same with this machine's glibc
 #   scripts/release.sh --target x86_64-pc-windows-gnu   a .zip, cross-built here with zig;
 #                                                    run under wine by scripts/test-windows.sh
-#   scripts/release.sh --target aarch64-apple-darwin    on a Mac only (Apple's SDK links it)
+#   scripts/release.sh --target aarch64-apple-darwin    a .tar.gz, cross-built here with zig (or
+#                                                    on a Mac); x86_64-apple-darwin likewise;
+#                                                    checked by scripts/check-macho.py
 #
 # The model comes from CHAARFM_MODEL, else ../shared/models, else the user cache dir
 # (models/fetch.sh); it must be the published file (sha256 of models/msd-musicnn-1.json).
@@ -114,8 +116,19 @@ case "$target" in
     # Windows loads a DLL's dependencies from the executable's directory: keep them there.
     ort_files=(onnxruntime.dll onnxruntime_providers_shared.dll); ort_dest=.; archive=zip ;;
   aarch64-apple-darwin | x86_64-apple-darwin)
-    [ "$(uname -s)" = Darwin ] || { say "$target links against Apple's SDK: build it on a Mac"; exit 2; }
-    cargo build --release --locked -p chaarfm-super --target "$target" >&2
+    # The oldest macOS the bundle runs on: the onnxruntime wheel's own floor. Without it
+    # zig would mark the binary for the newest macOS it knows.
+    [ "$target" = aarch64-apple-darwin ] && macos_floor=14.0 || macos_floor=13.0
+    export MACOSX_DEPLOYMENT_TARGET=$macos_floor
+    rustup target list --installed | grep -qx "$target" || rustup target add "$target" >&2
+    if [ "$(uname -s)" = Darwin ]; then
+      cargo build --release --locked -p chaarfm-super --target "$target" >&2
+    else
+      # zig links a Mach-O that needs only libSystem (no SDK framework: os::macos reads
+      # what sysinfo would through IOKit) and signs it ad hoc, as Apple Silicon requires.
+      source scripts/zig.sh
+      cargo zigbuild --release --locked -p chaarfm-super --target "$target" >&2
+    fi
     bin="target/$target/release/chaarfm-super"
     [ "$target" = aarch64-apple-darwin ] && plat=macosx_14_0_arm64 || plat=macosx_13_0_x86_64
     ort=".deps/onnxruntime-$plat"; ort_wheel "$plat" "$ort"
@@ -140,7 +153,8 @@ mkdir -p "$stage/models" "$stage/$ort_dest"
 case "$target" in
   # binutils' strip handles ELF and PE alike (the Windows .exe: 66 MB -> 14 MB).
   *-linux-gnu | *-windows-gnu) strip -o "$stage/$exe" "$bin" ;;
-  *) strip -S -o "$stage/$exe" "$bin" ;;   # Apple's strip, on a Mac
+  # Apple's strip keeps the signature valid; off a Mac the signed file goes as it is.
+  *-apple-darwin) if [ "$(uname -s)" = Darwin ]; then strip -S -o "$stage/$exe" "$bin"; else cp "$bin" "$stage/$exe"; fi ;;
 esac
 for f in "${ort_files[@]}"; do cp "$ort/$f" "$stage/$ort_dest/"; done
 mkdir -p "$stage/licences/onnxruntime"
@@ -165,7 +179,9 @@ with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
             z.write(p, os.path.relpath(p, root))
 PY
 else
-  sed "s/VERSION/$version/g; s/TARGET/$target/g" scripts/bundle/README.md > "$stage/README.md"
+  readme=scripts/bundle/README.md
+  case "$target" in *-apple-darwin) readme=scripts/bundle/README-macos.md ;; esac
+  sed "s/VERSION/$version/g; s/TARGET/$target/g" "$readme" > "$stage/README.md"
   cp scripts/bundle/install.sh "$stage/install.sh"
   chmod 755 "$stage/$exe" "$stage/install.sh"
   tar -C dist -czf "dist/$name.tar.gz" "$name"
@@ -192,4 +208,21 @@ case "$target" in
       say "$exe imports: $(objdump -p "$stage/$exe" | sed -n 's/.*DLL Name: //p' | sort -u | tr '\n' ' ')"
     fi
     python3 -c 'import sys,zipfile; [print("  " + n) for n in zipfile.ZipFile(sys.argv[1]).namelist()]' "$out" >&2 ;;
+  *-apple-darwin)
+    # Without a Mac: the CPU type, only system libraries, a code signature whose page
+    # hashes hold. The checker is shown to refuse a copy with one byte changed.
+    arch=arm64; [ "$target" = x86_64-apple-darwin ] && arch=x86_64
+    python3 scripts/check-macho.py "$stage/$exe" "$arch" "$macos_floor" >&2
+    tampered=$(mktemp)
+    python3 - "$stage/$exe" "$tampered" <<'PY'
+import sys
+data = bytearray(open(sys.argv[1], "rb").read())
+data[0x4000 + 123] ^= 0xFF  # inside the code: its page's hash no longer matches
+open(sys.argv[2], "wb").write(data)
+PY
+    if python3 scripts/check-macho.py "$tampered" "$arch" >/dev/null 2>&1; then
+      rm -f "$tampered"; say "check-macho.py accepted a tampered executable"; exit 1
+    fi
+    rm -f "$tampered"
+    tar -tzf "$out" | sed 's/^/  /' >&2 ;;
 esac

@@ -168,19 +168,12 @@ pub fn decide(inv: &Inventory, workers: Workers, device: DeviceChoice) -> Plan {
 
 /// Reads this machine's inventory.
 pub fn probe(ort_library: Option<&std::path::Path>) -> Inventory {
-    use sysinfo::{MemoryRefreshKind, RefreshKind, System};
-    let sys = System::new_with_specifics(
-        RefreshKind::nothing().with_memory(MemoryRefreshKind::everything()),
-    );
-    let mut available_mb = sys.available_memory() / (1 << 20);
-    if let Some(cg) = sys.cgroup_limits() {
-        available_mb = available_mb.min(cg.free_memory / (1 << 20));
-    }
-    // std's figure honours cgroup v1/v2 quotas and CPU affinity; sysinfo counts the CPUs.
+    let available_mb = crate::os::usage::available_mb();
+    // std's figure honours cgroup v1/v2 quotas and CPU affinity; `os` counts the CPUs.
     let usable = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let logical_cpus = num_cpus_sysinfo().max(usable);
+    let logical_cpus = crate::os::usage::logical_cpus().max(usable);
     Inventory {
         logical_cpus,
         cpu_quota: cpu_quota(logical_cpus, cgroup_cpu_quota(), usable),
@@ -198,13 +191,6 @@ pub fn probe(ort_library: Option<&std::path::Path>) -> Inventory {
 /// it is below the CPUs (a cgroup v1 quota or an affinity mask), else none.
 fn cpu_quota(logical: usize, cpu_max: Option<f64>, usable: usize) -> Option<f64> {
     cpu_max.or_else(|| (usable < logical).then_some(usable as f64))
-}
-
-fn num_cpus_sysinfo() -> usize {
-    use sysinfo::{CpuRefreshKind, RefreshKind, System};
-    System::new_with_specifics(RefreshKind::nothing().with_cpu(CpuRefreshKind::nothing()))
-        .cpus()
-        .len()
 }
 
 fn cuda_provider_name() -> &'static str {

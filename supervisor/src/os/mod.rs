@@ -3,8 +3,11 @@
 //! Everything platform-specific sits in `unix` / `windows`; the rest is portable.
 
 pub mod helper;
+#[cfg(target_os = "macos")]
+pub mod macos;
 #[cfg(unix)]
 mod unix;
+pub mod usage;
 #[cfg(unix)]
 use unix as imp;
 #[cfg(windows)]

@@ -126,23 +126,7 @@ impl Spawner for ProcSpawner {
     }
 
     fn rss_mb(&mut self, pids: &[u32]) -> Vec<(u32, u64)> {
-        use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate};
-        let ids: Vec<Pid> = pids.iter().map(|&p| Pid::from_u32(p)).collect();
-        // A fresh System each time: a long-lived one keeps every process it ever saw,
-        // with its /proc/<pid>/stat open (on Linux), so each child that died leaked a
-        // descriptor (found by the soak).
-        let mut sys = sysinfo::System::new();
-        sys.refresh_processes_specifics(
-            ProcessesToUpdate::Some(&ids),
-            true,
-            ProcessRefreshKind::nothing().with_memory(),
-        );
-        pids.iter()
-            .filter_map(|&p| {
-                sys.process(Pid::from_u32(p))
-                    .map(|pr| (p, pr.memory() / (1 << 20)))
-            })
-            .collect()
+        crate::os::usage::rss_mb(pids)
     }
 }
 

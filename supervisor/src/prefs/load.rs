@@ -4,14 +4,14 @@
 
 use std::collections::HashMap;
 
-use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
-
 /// Samples the CPU use of other programs; each sample covers the time since the last.
+#[cfg(not(target_os = "macos"))]
 pub struct Load {
-    sys: System,
-    me: Pid,
+    sys: sysinfo::System,
+    me: u32,
 }
 
+#[cfg(not(target_os = "macos"))]
 impl Load {
     pub fn new() -> Load {
         // sysinfo keeps a /proc file open for each process it indexes (up to half the fd
@@ -19,14 +19,15 @@ impl Load {
         // for nothing, their count changing with each process that comes and goes.
         sysinfo::set_open_files_limit(0);
         let mut l = Load {
-            sys: System::new(),
-            me: Pid::from_u32(std::process::id()),
+            sys: sysinfo::System::new(),
+            me: std::process::id(),
         };
         l.refresh();
         l
     }
 
     fn refresh(&mut self) {
+        use sysinfo::{ProcessRefreshKind, ProcessesToUpdate};
         self.sys.refresh_cpu_usage();
         self.sys.refresh_processes_specifics(
             ProcessesToUpdate::All,
@@ -40,25 +41,80 @@ impl Load {
     pub fn sample(&mut self) -> f32 {
         self.refresh();
         let cores = self.sys.cpus().len().max(1) as f32;
-        let parents: HashMap<Pid, Option<Pid>> = self
+        let parents: HashMap<u32, Option<u32>> = self
             .sys
             .processes()
             .iter()
-            .map(|(pid, p)| (*pid, p.parent()))
+            .map(|(pid, p)| (pid.as_u32(), p.parent().map(|q| q.as_u32())))
             .collect();
         let ours: f32 = self
             .sys
             .processes()
             .iter()
-            .filter(|(pid, _)| descends(**pid, self.me, &parents))
+            .filter(|(pid, _)| descends(pid.as_u32(), self.me, &parents))
             .map(|(_, p)| p.cpu_usage())
             .sum();
         others(self.sys.global_cpu_usage(), ours, cores)
     }
 }
 
+/// macOS: the machine's CPU ticks (Mach host statistics) and this process tree's CPU
+/// time (libproc), read by `os::macos` without sysinfo's frameworks.
+#[cfg(target_os = "macos")]
+pub struct Load {
+    cores: f32,
+    last: Option<MacSample>,
+}
+
+#[cfg(target_os = "macos")]
+struct MacSample {
+    busy: u64,
+    total: u64,
+    ours_ns: u64,
+    at: std::time::Instant,
+}
+
+#[cfg(target_os = "macos")]
+impl Load {
+    pub fn new() -> Load {
+        Load {
+            cores: crate::os::usage::logical_cpus().max(1) as f32,
+            last: Self::read(),
+        }
+    }
+
+    fn read() -> Option<MacSample> {
+        let (busy, total) = crate::os::macos::machine_ticks()?;
+        Some(MacSample {
+            busy,
+            total,
+            ours_ns: crate::os::macos::tree_cpu_ns(std::process::id()),
+            at: std::time::Instant::now(),
+        })
+    }
+
+    /// % of the machine's CPU used by other programs since the last sample.
+    pub fn sample(&mut self) -> f32 {
+        let now = Self::read();
+        let share = match (&self.last, &now) {
+            (Some(a), Some(b)) if b.total > a.total => {
+                let machine =
+                    100.0 * b.busy.saturating_sub(a.busy) as f32 / (b.total - a.total) as f32;
+                let wall = b.at.duration_since(a.at).as_nanos().max(1) as f32;
+                // % of one core, as sysinfo gives a process's use elsewhere.
+                let ours = 100.0 * b.ours_ns.saturating_sub(a.ours_ns) as f32 / wall;
+                others(machine, ours, self.cores)
+            }
+            _ => 0.0,
+        };
+        self.last = now;
+        share
+    }
+}
+
 /// Whether `pid` is `root` or one of its descendants.
-fn descends(pid: Pid, root: Pid, parents: &HashMap<Pid, Option<Pid>>) -> bool {
+#[cfg_attr(target_os = "macos", allow(dead_code))]
+fn descends(pid: u32, root: u32, parents: &HashMap<u32, Option<u32>>) -> bool {
     let mut at = Some(pid);
     // Bounded: a parent table read mid-change might hold a loop.
     for _ in 0..64 {
@@ -80,22 +136,26 @@ fn others(machine: f32, ours_per_core: f32, cores: f32) -> f32 {
 mod tests {
     use super::*;
 
+    #[cfg(not(target_os = "macos"))]
+    const MIN_INTERVAL: std::time::Duration = sysinfo::MINIMUM_CPU_UPDATE_INTERVAL;
+    #[cfg(target_os = "macos")]
+    const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
     #[test]
     fn ours_is_the_tree_under_this_process_and_is_not_counted() {
-        let p = Pid::from_u32;
-        let parents: HashMap<Pid, Option<Pid>> = [
-            (p(1), None),
-            (p(10), Some(p(1))),  // us
-            (p(11), Some(p(10))), // a child
-            (p(12), Some(p(11))), // its helper
-            (p(20), Some(p(1))),  // someone else
+        let parents: HashMap<u32, Option<u32>> = [
+            (1, None),
+            (10, Some(1)),  // us
+            (11, Some(10)), // a child
+            (12, Some(11)), // its helper
+            (20, Some(1)),  // someone else
         ]
         .into_iter()
         .collect();
-        assert!(descends(p(12), p(10), &parents));
-        assert!(descends(p(10), p(10), &parents));
-        assert!(!descends(p(20), p(10), &parents));
-        assert!(!descends(p(99), p(10), &parents));
+        assert!(descends(12, 10, &parents));
+        assert!(descends(10, 10, &parents));
+        assert!(!descends(20, 10, &parents));
+        assert!(!descends(99, 10, &parents));
         // Two cores, both flat out: ours uses 150% of a core, others the rest (25%).
         assert_eq!(others(100.0, 150.0, 2.0), 25.0);
         assert_eq!(others(10.0, 40.0, 2.0), 0.0);
@@ -104,7 +164,7 @@ mod tests {
     #[test]
     fn a_sample_of_this_machine_is_a_percentage() {
         let mut l = Load::new();
-        std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
+        std::thread::sleep(MIN_INTERVAL);
         let s = l.sample();
         assert!((0.0..=100.0).contains(&s), "{s}");
     }
