@@ -93,8 +93,10 @@ pub fn task_info(pid: u32) -> Option<libc::proc_taskinfo> {
     (n == size).then(|| unsafe { info.assume_init() })
 }
 
-/// Busy and total CPU ticks of the whole machine since boot, all cores together.
-pub fn machine_ticks() -> Option<(u64, u64)> {
+/// The whole machine's CPU ticks since boot, all cores together, by state (user,
+/// system, idle, nice). 32-bit counters: they wrap after weeks, so compare two readings
+/// with [`busy_share`].
+pub fn machine_ticks() -> Option<[u32; 4]> {
     let mut info = MaybeUninit::<libc::host_cpu_load_info>::zeroed();
     let mut count = libc::HOST_CPU_LOAD_INFO_COUNT;
     // SAFETY: the kernel writes at most `count` integers, host_cpu_load_info's size.
@@ -111,10 +113,23 @@ pub fn machine_ticks() -> Option<(u64, u64)> {
     }
     // SAFETY: zeroed, then filled by the call that succeeded: plain integers.
     let t = unsafe { info.assume_init() }.cpu_ticks;
-    let tick = |s: libc::c_int| t[s as usize] as u64;
-    let busy =
-        tick(libc::CPU_STATE_USER) + tick(libc::CPU_STATE_SYSTEM) + tick(libc::CPU_STATE_NICE);
-    Some((busy, busy + tick(libc::CPU_STATE_IDLE)))
+    let at = |s: libc::c_int| t[s as usize];
+    Some([
+        at(libc::CPU_STATE_USER),
+        at(libc::CPU_STATE_SYSTEM),
+        at(libc::CPU_STATE_IDLE),
+        at(libc::CPU_STATE_NICE),
+    ])
+}
+
+/// % of the machine busy between two readings of [`machine_ticks`] (each counter's
+/// difference taken modulo 2^32); `None` if no tick passed.
+pub fn busy_share(before: [u32; 4], after: [u32; 4]) -> Option<f32> {
+    let d: Vec<u64> = (0..4)
+        .map(|i| after[i].wrapping_sub(before[i]) as u64)
+        .collect();
+    let total = d.iter().sum::<u64>();
+    (total > 0).then(|| 100.0 * (d[0] + d[1] + d[3]) as f32 / total as f32)
 }
 
 /// CPU time in nanoseconds used so far by `root` and its descendants alive now.
@@ -162,9 +177,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_busy_share_survives_a_counter_wrapping() {
+        // 30 user + 10 system + 60 idle ticks, the user counter wrapping past 2^32.
+        let before = [u32::MAX - 9, 100, 1_000, 5];
+        let after = [20, 110, 1_060, 5];
+        assert_eq!(busy_share(before, after), Some(40.0));
+        assert_eq!(busy_share(after, after), None);
+    }
+
+    #[test]
     fn the_machine_and_this_process_are_read() {
-        let (busy, total) = machine_ticks().expect("host CPU ticks");
-        assert!(busy <= total && total > 0);
+        assert!(machine_ticks().is_some_and(|t| t.iter().any(|&n| n > 0)));
         assert!(tree_cpu_ns(std::process::id()) > 0);
         assert!(available_bytes() <= sysctl_int(c"hw.memsize").unwrap());
     }

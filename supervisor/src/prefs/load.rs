@@ -68,8 +68,7 @@ pub struct Load {
 
 #[cfg(target_os = "macos")]
 struct MacSample {
-    busy: u64,
-    total: u64,
+    ticks: [u32; 4],
     ours_ns: u64,
     at: std::time::Instant,
 }
@@ -84,10 +83,8 @@ impl Load {
     }
 
     fn read() -> Option<MacSample> {
-        let (busy, total) = crate::os::macos::machine_ticks()?;
         Some(MacSample {
-            busy,
-            total,
+            ticks: crate::os::macos::machine_ticks()?,
             ours_ns: crate::os::macos::tree_cpu_ns(std::process::id()),
             at: std::time::Instant::now(),
         })
@@ -97,14 +94,15 @@ impl Load {
     pub fn sample(&mut self) -> f32 {
         let now = Self::read();
         let share = match (&self.last, &now) {
-            (Some(a), Some(b)) if b.total > a.total => {
-                let machine =
-                    100.0 * b.busy.saturating_sub(a.busy) as f32 / (b.total - a.total) as f32;
-                let wall = b.at.duration_since(a.at).as_nanos().max(1) as f32;
-                // % of one core, as sysinfo gives a process's use elsewhere.
-                let ours = 100.0 * b.ours_ns.saturating_sub(a.ours_ns) as f32 / wall;
-                others(machine, ours, self.cores)
-            }
+            (Some(a), Some(b)) => match crate::os::macos::busy_share(a.ticks, b.ticks) {
+                Some(machine) => {
+                    let wall = b.at.duration_since(a.at).as_nanos().max(1) as f32;
+                    // % of one core, as sysinfo gives a process's use elsewhere.
+                    let ours = 100.0 * b.ours_ns.saturating_sub(a.ours_ns) as f32 / wall;
+                    others(machine, ours, self.cores)
+                }
+                None => 0.0,
+            },
             _ => 0.0,
         };
         self.last = now;
