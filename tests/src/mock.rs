@@ -512,6 +512,30 @@ impl Mock {
             .collect()
     }
 
+    /// Asserts that every corpus file with a reference vector is stored (under its
+    /// file's stem, its youtube_id) within cosine 0.9999 of Essentia's, and that the
+    /// files without one (too short) are not; prints each cosine.
+    pub fn assert_stored_like_essentia(&self) {
+        let stored = self.stored();
+        for (name, r) in &crate::references() {
+            let id = name.rsplit_once('.').map(|(s, _)| s).unwrap_or(name);
+            match &r.vector {
+                Some(want) => {
+                    let got: Vec<f32> = stored
+                        .get(id)
+                        .unwrap_or_else(|| panic!("{name} not stored"))
+                        .iter()
+                        .map(|&x| x as f32)
+                        .collect();
+                    let c = crate::cosine(&got, want);
+                    println!("{name:22} stored, cosine {c:.7}");
+                    assert!(c >= 0.9999, "{name}: cosine {c}");
+                }
+                None => assert!(!stored.contains_key(id), "{name} should have failed"),
+            }
+        }
+    }
+
     /// youtube_id -> stored vector in `table`.
     pub fn stored_in(&self, table: &str) -> HashMap<String, Vec<f64>> {
         self.state().stored.get(table).cloned().unwrap_or_default()

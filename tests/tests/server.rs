@@ -63,24 +63,7 @@ fn corpus_end_to_end(protocol2: Option<usize>) -> Mock {
         )),
         "summary: {stdout}"
     );
-    let stored = mock.stored();
-    for (name, r) in &refs {
-        let id = name.rsplit_once('.').map(|(s, _)| s).unwrap_or(name);
-        match &r.vector {
-            Some(want) => {
-                let got: Vec<f32> = stored
-                    .get(id)
-                    .unwrap_or_else(|| panic!("{name} not stored"))
-                    .iter()
-                    .map(|&x| x as f32)
-                    .collect();
-                let c = cosine(&got, want);
-                println!("{name:22} stored, cosine {c:.7}");
-                assert!(c >= 0.9999, "{name}: cosine {c}");
-            }
-            None => assert!(!stored.contains_key(id), "{name} should have failed"),
-        }
-    }
+    mock.assert_stored_like_essentia();
     assert!(
         mock.received().iter().all(|r| r.known),
         "a result came back for an id the server did not hand out"

@@ -182,25 +182,7 @@ fn connect_mode_stores_every_job_and_a_killed_supervisor_leaves_no_child() {
         refs.len(),
         sup.stderr_so_far()
     );
-    // The mock stores each vector under its file's stem (its youtube_id).
-    let stored = mock.stored();
-    for (name, r) in &refs {
-        let id = name.rsplit_once('.').map(|(s, _)| s).unwrap_or(name);
-        match &r.vector {
-            Some(want) => {
-                let got: Vec<f32> = stored
-                    .get(id)
-                    .unwrap_or_else(|| panic!("{name} not stored"))
-                    .iter()
-                    .map(|&x| x as f32)
-                    .collect();
-                let c = cosine(&got, want);
-                println!("{name}: stored, cosine {c:.7}");
-                assert!(c >= 0.9999, "{name}: cosine {c}");
-            }
-            None => assert!(!stored.contains_key(id), "{name} should have failed"),
-        }
-    }
+    mock.assert_stored_like_essentia();
     // The supervisor killed outright: its Job Object takes every child with it.
     assert_eq!(wine_children().len(), 2, "{}", sup.stderr_so_far());
     kill(Pid::from_raw(sup.id() as i32), Signal::SIGKILL).expect("kill the supervisor");
