@@ -183,6 +183,24 @@ fn connect_mode_stores_every_job_and_a_killed_supervisor_leaves_no_child() {
         sup.stderr_so_far()
     );
     mock.assert_stored_like_essentia();
+    // The control pipe (a named pipe on Windows) answers `status`.
+    let out = exe()
+        .args(["status", "--json", "--state-dir"])
+        .arg(win(state.path()))
+        .output()
+        .expect("wine runs");
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{st} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(st["state"].is_string(), "{st}");
+    assert!(
+        st["tracks_total"].as_u64().is_some_and(|n| n >= 6),
+        "every stored track counted: {st}"
+    );
     // The supervisor killed outright: its Job Object takes every child with it.
     assert_eq!(wine_children().len(), 2, "{}", sup.stderr_so_far());
     kill(Pid::from_raw(sup.id() as i32), Signal::SIGKILL).expect("kill the supervisor");

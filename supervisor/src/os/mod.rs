@@ -221,6 +221,16 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, LockError> {
 mod tests {
     use super::*;
 
+    /// The platform's answers are plausible (on Windows: GetDiskFreeSpaceExW and
+    /// GetSystemPowerStatus, run under wine by the Windows suite).
+    #[test]
+    fn free_space_and_power_are_read() {
+        assert!(free_bytes(&std::env::temp_dir()).is_some_and(|b| b > 0));
+        if let Some((_, Some(pct))) = system_power() {
+            assert!(pct <= 100, "{pct}");
+        }
+    }
+
     #[test]
     fn only_a_console_of_its_own_means_explorer_started_it() {
         assert!(alone_on(1));
