@@ -228,7 +228,13 @@ fn a_double_click_asks_for_the_code_and_keeps_the_window_open_at_the_end() {
     let mut term = Command::new("script")
         .args([
             "-qec",
-            &format!("wine '{}' --url http://127.0.0.1:9", exe.display()),
+            // Raw first: keys typed before wine sets the terminal up would meet the line
+            // discipline, which turns the Enter (a carriage return) into a newline the
+            // console ignores (seen once in CI).
+            &format!(
+                "stty raw -echo; exec wine '{}' --url http://127.0.0.1:9",
+                exe.display()
+            ),
         ])
         .arg("/dev/null")
         .env_remove("ORT_DYLIB_PATH")
