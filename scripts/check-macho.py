@@ -3,8 +3,10 @@
    - a 64-bit Mach-O executable for the expected CPU (arm64 or x86_64);
    - every library it loads is the system's (/usr/lib, /System/Library): nothing a Mac
      lacks, and no framework from Apple's SDK beyond those;
-   - it carries a code signature whose CodeDirectory hashes match its pages, which Apple
-     Silicon requires of any code it runs (zig's linker signs ad hoc).
+   - arm64: it carries a code signature whose CodeDirectory hashes match its pages, which
+     Apple Silicon requires of any native code it runs (zig's linker signs ad hoc). An
+     x86_64 executable needs none (Intel Macs, and Rosetta on Apple Silicon, run unsigned
+     x86_64 code) and zig does not sign it; a signature it does carry is checked.
    - it runs on macOS FLOOR (LC_BUILD_VERSION's minimum) when FLOOR is given.
 Usage: check-macho.py FILE arm64|x86_64 [FLOOR]"""
 import hashlib
@@ -52,6 +54,10 @@ def main(path, arch, floor=None):
     foreign = [lib for lib in libs if not lib.startswith(SYSTEM)]
     if foreign:
         fail(f"{path} loads libraries a Mac does not have: {foreign}")
+    if signature is None and arch == "x86_64":
+        print(f"check-macho: {path}: x86_64 {version(build[1])}+, system libraries only, "
+              "unsigned (Intel Macs and Rosetta run unsigned x86_64 code)")
+        return
     if signature is None:
         fail(f"{path} has no code signature: Apple Silicon refuses to run it")
     sig_off, sig_size = signature

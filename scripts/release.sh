@@ -39,7 +39,7 @@ glibc_floor=2.28
 
 # The ONNX Runtime files of another platform's wheel, into $2.
 ort_wheel() {
-  local platform=$1 dest=$2
+  local platform=$1 dest=$2 ort_version=${3:-$ort_version}
   [ -f "$dest/VERSION" ] && [ "$(cat "$dest/VERSION")" = "$ort_version" ] && return
   say "fetching the onnxruntime $ort_version wheel for $platform from PyPI"
   local tmp; tmp=$(mktemp -d)
@@ -130,8 +130,12 @@ case "$target" in
       cargo zigbuild --release --locked -p chaarfm-super --target "$target" >&2
     fi
     bin="target/$target/release/chaarfm-super"
-    [ "$target" = aarch64-apple-darwin ] && plat=macosx_14_0_arm64 || plat=macosx_13_0_x86_64
-    ort=".deps/onnxruntime-$plat"; ort_wheel "$plat" "$ort"
+    # ONNX Runtime's last Intel macOS wheel is 1.23.2 (later releases build arm64 only);
+    # the program needs API 22 (ONNX Runtime >= 1.22, ort's `api-22`), so it runs there.
+    # The model probe checks its values at start as it does everywhere.
+    plat=macosx_14_0_arm64 plat_ort=$ort_version
+    [ "$target" = x86_64-apple-darwin ] && plat=macosx_13_0_x86_64 plat_ort=1.23.2
+    ort=".deps/onnxruntime-$plat"; ort_wheel "$plat" "$ort" "$plat_ort"
     ort_files=(libonnxruntime.dylib); ort_dest=lib; archive=tar.gz ;;
   *) say "no bundle recipe for $target"; exit 2 ;;
 esac
@@ -209,20 +213,22 @@ case "$target" in
     fi
     python3 -c 'import sys,zipfile; [print("  " + n) for n in zipfile.ZipFile(sys.argv[1]).namelist()]' "$out" >&2 ;;
   *-apple-darwin)
-    # Without a Mac: the CPU type, only system libraries, a code signature whose page
-    # hashes hold. The checker is shown to refuse a copy with one byte changed.
+    # Without a Mac: the CPU type, only system libraries, and on arm64 a code signature
+    # whose page hashes hold, the checker shown to refuse a copy with one byte changed.
     arch=arm64; [ "$target" = x86_64-apple-darwin ] && arch=x86_64
     python3 scripts/check-macho.py "$stage/$exe" "$arch" "$macos_floor" >&2
-    tampered=$(mktemp)
-    python3 - "$stage/$exe" "$tampered" <<'PY'
+    if [ "$arch" = arm64 ]; then
+      tampered=$(mktemp)
+      python3 - "$stage/$exe" "$tampered" <<'PY'
 import sys
 data = bytearray(open(sys.argv[1], "rb").read())
 data[0x4000 + 123] ^= 0xFF  # inside the code: its page's hash no longer matches
 open(sys.argv[2], "wb").write(data)
 PY
-    if python3 scripts/check-macho.py "$tampered" "$arch" >/dev/null 2>&1; then
-      rm -f "$tampered"; say "check-macho.py accepted a tampered executable"; exit 1
+      if python3 scripts/check-macho.py "$tampered" "$arch" >/dev/null 2>&1; then
+        rm -f "$tampered"; say "check-macho.py accepted a tampered executable"; exit 1
+      fi
+      rm -f "$tampered"
     fi
-    rm -f "$tampered"
     tar -tzf "$out" | sed 's/^/  /' >&2 ;;
 esac
