@@ -130,11 +130,12 @@ case "$target" in
       cargo zigbuild --release --locked -p chaarfm-super --target "$target" >&2
     fi
     bin="target/$target/release/chaarfm-super"
-    # ONNX Runtime's last Intel macOS wheel is 1.23.2 (later releases build arm64 only);
-    # the program needs API 22 (ONNX Runtime >= 1.22, ort's `api-22`), so it runs there.
-    # The model probe checks its values at start as it does everywhere.
+    # ONNX Runtime's last Intel macOS wheel is 1.23.2 (later releases build arm64 only):
+    # setup.sh's "oldest" runtime, which a test runs the corpus on. The program needs
+    # API 22 (ONNX Runtime >= 1.22, ort's `api-22`); the model probe checks its values at
+    # start as it does everywhere.
     plat=macosx_14_0_arm64 plat_ort=$ort_version
-    [ "$target" = x86_64-apple-darwin ] && plat=macosx_13_0_x86_64 plat_ort=1.23.2
+    [ "$target" = x86_64-apple-darwin ] && plat=macosx_13_0_x86_64 plat_ort=$(cat .deps/onnxruntime-oldest/VERSION)
     ort=".deps/onnxruntime-$plat"; ort_wheel "$plat" "$ort" "$plat_ort"
     ort_files=(libonnxruntime.dylib); ort_dest=lib; archive=tar.gz ;;
   *) say "no bundle recipe for $target"; exit 2 ;;

@@ -6,7 +6,8 @@
 #   - ffmpeg: the formats tests make their inputs with it (the product never needs it).
 #   - chromium: a test loads the status page (`GET /`) headless (the product never needs it).
 #   - ONNX Runtime: the shared library from the `onnxruntime` wheel on PyPI, unpacked into
-#     .deps/onnxruntime/ (.cargo/config.toml points ORT_DYLIB_PATH there for cargo).
+#     .deps/onnxruntime/ (.cargo/config.toml points ORT_DYLIB_PATH there for cargo), and
+#     the oldest release a bundle ships into .deps/onnxruntime-oldest/ (for a test).
 #   - yt-dlp[default] and deno (the JavaScript runtime yt-dlp needs for YouTube since
 #     late 2025), for the server mode, in a private venv at .deps/venv.
 set -euo pipefail
@@ -42,13 +43,18 @@ fi
 # One name on every platform (dlopen and LoadLibrary take any file name), so that
 # .cargo/config.toml can name it.
 lib=libonnxruntime.so
-if [ ! -f "$deps/onnxruntime/$lib" ] || [ ! -f "$deps/onnxruntime/LICENSE" ] || [ "$(cat "$deps/onnxruntime/VERSION" 2>/dev/null)" != "$ort_version" ]; then
-  say "fetching the onnxruntime $ort_version wheel from PyPI"
-  tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' EXIT
-  python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "onnxruntime==$ort_version"
-  mkdir -p "$deps/onnxruntime"
-  python3 - "$tmp" "$deps/onnxruntime" "$lib" <<'PY'
+# fetch_ort VERSION DIR: the ONNX Runtime library of that wheel, with its licence and
+# notices (they travel with it into the release bundle), as DIR/$lib.
+fetch_ort() {
+  local version=$1 dir=$2
+  if [ -f "$dir/$lib" ] && [ -f "$dir/LICENSE" ] && [ "$(cat "$dir/VERSION" 2>/dev/null)" = "$version" ]; then
+    return
+  fi
+  say "fetching the onnxruntime $version wheel from PyPI"
+  local tmp; tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "onnxruntime==$version"
+  mkdir -p "$dir"
+  python3 - "$tmp" "$dir" "$lib" <<'PY'
 import glob, os, sys, zipfile
 src, dst, name = sys.argv[1:]
 wheel = glob.glob(os.path.join(src, "*.whl"))[0]
@@ -56,7 +62,6 @@ with zipfile.ZipFile(wheel) as z:
     libs = [n for n in z.namelist() if "/capi/" in n and os.path.basename(n).startswith(("libonnxruntime.", "onnxruntime.dll", "libonnxruntime_providers_shared"))]
     if not libs:
         sys.exit("setup: no ONNX Runtime library inside " + wheel)
-    # Its licence and notices travel with it into the release bundle.
     libs += [n for n in z.namelist() if n in ("onnxruntime/LICENSE", "onnxruntime/ThirdPartyNotices.txt")]
     for n in libs:
         base = os.path.basename(n)
@@ -66,9 +71,14 @@ with zipfile.ZipFile(wheel) as z:
         with z.open(n) as f, open(os.path.join(dst, base), "wb") as out:
             out.write(f.read())
 PY
-  echo "$ort_version" > "$deps/onnxruntime/VERSION"
-  say "ONNX Runtime $ort_version in $deps/onnxruntime/$lib"
-fi
+  echo "$version" > "$dir/VERSION"
+  rm -rf "$tmp"
+  say "ONNX Runtime $version in $dir/$lib"
+}
+fetch_ort "$ort_version" "$deps/onnxruntime"
+# The oldest ONNX Runtime a bundle ships (the Intel macOS one: release.sh), for the test
+# that the derived models load and give Essentia's vectors on it too.
+fetch_ort "${ORT_OLDEST_VERSION:-1.23.2}" "$deps/onnxruntime-oldest"
 
 if [ ! -x "$deps/venv/bin/yt-dlp" ] || [ ! -x "$deps/venv/bin/deno" ]; then
   say "installing yt-dlp[default] and deno into $deps/venv"

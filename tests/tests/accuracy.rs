@@ -184,3 +184,62 @@ fn streamed_frames_give_the_same_vector_as_the_whole_track() {
         assert_eq!(got.tags, want.tags, "{engine} batch {batch}: tags");
     }
 }
+
+/// The oldest ONNX Runtime a bundle ships (the Intel macOS bundle's, which has no newer
+/// wheel: `scripts/release.sh`), fetched by `scripts/setup.sh`: the program loads it and
+/// gives Essentia's vectors on it too, the derived models included (the shared engine).
+#[test]
+fn the_oldest_shipped_runtime_gives_the_same_vectors() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/onnxruntime-oldest");
+    let version = std::fs::read_to_string(dir.join("VERSION")).expect(
+        "scripts/setup.sh fetches the oldest shipped ONNX Runtime into .deps/onnxruntime-oldest",
+    );
+    let lib = dir.join("libonnxruntime.so");
+    let lib = lib.to_str().expect("a UTF-8 path");
+    let env = [("ORT_DYLIB_PATH", lib)];
+    let doctor = chaarfm_tests::run_super(&["doctor".as_ref()], &env);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    let runtime = report
+        .lines()
+        .find(|l| l.contains("runtime"))
+        .unwrap_or_default();
+    assert!(
+        runtime.contains(&format!("ONNX Runtime {} from", version.trim())) && runtime.contains(lib),
+        "doctor does not report the oldest runtime: {report}"
+    );
+    let refs = references();
+    let files: Vec<std::path::PathBuf> = refs
+        .iter()
+        .filter(|(_, r)| r.vector.is_some())
+        .map(|(name, _)| corpus_dir().join(name))
+        .collect();
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["embed".as_ref(), "--workers".as_ref(), "1".as_ref()];
+    args.extend(files.iter().map(|f| f.as_os_str()));
+    let out = chaarfm_tests::run_super(&args, &env);
+    assert!(
+        out.status.success(),
+        "embed failed on ONNX Runtime {version}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), files.len(), "one line per file");
+    for line in &lines {
+        let path = line["path"].as_str().expect("path");
+        let name = std::path::Path::new(path)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("name");
+        let got: Vec<f32> = serde_json::from_value(line["vector"].clone()).expect("a vector");
+        let want = refs[name].vector.as_ref().expect("a reference vector");
+        let c = cosine(&got, want);
+        println!("{name:22} cosine {c:.7} on ONNX Runtime {}", version.trim());
+        assert!(
+            c >= 0.9999,
+            "{name}: cosine {c:.7} on ONNX Runtime {version}"
+        );
+    }
+}
