@@ -98,7 +98,7 @@ printf '{{"id": "%s", "title": "t %s", "webpage_url": "%s", "requested_downloads
     pub fn with_pip(&self) {
         use std::os::unix::fs::PermissionsExt;
         let script = format!(
-            "#!/bin/sh\necho \"$@\" >> '{d}/pip.log'\necho ok > '{d}/mode'\necho 2026.12.01 > '{d}/version'\n",
+            "#!/bin/sh\necho \"$@\" >> '{d}/pip.log'\necho ok > '{d}/.mode.pip' && mv '{d}/.mode.pip' '{d}/mode'\necho 2026.12.01 > '{d}/.version.pip' && mv '{d}/.version.pip' '{d}/version'\n",
             d = self.dir.display()
         );
         let bin = self.dir.join("python3");
@@ -107,9 +107,18 @@ printf '{{"id": "%s", "title": "t %s", "webpage_url": "%s", "requested_downloads
             .expect("make the fake python3 executable");
     }
 
+    /// Writes one of the fake's control files whole, by a rename: a call reading it as it
+    /// changes gets the old or the new text, never an empty file (which it would take for
+    /// an error line and fail the job with "no output": seen once in ten suite runs).
+    fn put(&self, name: &str, text: &str) {
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).expect("write the fake's control file");
+        std::fs::rename(&tmp, self.dir.join(name)).expect("replace the fake's control file");
+    }
+
     /// From now on, every call answers `mode`.
     pub fn answer(&self, mode: &str) {
-        std::fs::write(self.dir.join("mode"), mode).expect("write the fake's mode");
+        self.put("mode", mode);
     }
 
     /// Lets every download waiting in `gate` mode (and every later one) through.
@@ -119,7 +128,7 @@ printf '{{"id": "%s", "title": "t %s", "webpage_url": "%s", "requested_downloads
 
     /// Video `id` answers `mode`.
     pub fn answer_for(&self, id: &str, mode: &str) {
-        std::fs::write(self.dir.join(format!("mode-{id}")), mode).expect("write the fake's mode");
+        self.put(&format!("mode-{id}"), mode);
     }
 
     fn read(&self, name: &str) -> String {
