@@ -223,6 +223,7 @@ pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result
     let mut progress = Progress::new(total);
     let (mut ok, mut failed, mut audio_s) = (0u64, 0u64, 0f64);
     let mut child_peak_kib = 0u64;
+    let mut busy = Busy::default();
     let files: Vec<(usize, PathBuf)> = todo.iter().map(|(p, _)| p.clone()).enumerate().collect();
     let collected = batch::collect(&pool, files, args.tags, children + 1, |i, result| {
         let (path, stamp) = (&todo[i].0, &todo[i].1);
@@ -231,6 +232,7 @@ pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result
                 ok += 1;
                 audio_s += o.duration_s;
                 child_peak_kib = child_peak_kib.max(o.peak_rss_kib);
+                busy.add(&o);
                 embed::to_record(path, o, args.tags, *stamp)
             }
             Err(e) => {
@@ -271,10 +273,52 @@ pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result
         child_peak_kib as f64 / 1024.0,
         pool.stats.overhead_ms()
     ));
+    crate::logging::print(&busy.line(children, wall, pool.stats.overhead_ms()));
     if let Some(stop) = collected.stopped {
         anyhow::bail!("{stop} ({} file(s) left for the next run)", collected.left);
     }
     Ok(Exit::Ok)
+}
+
+/// What the children spent on the jobs they finished, from their own timings: tells a
+/// pool kept busy (children's time near children x wall) from one waiting on its input,
+/// and is the roofline bench's per-stage split measured in the same run as its speed.
+#[derive(Debug, Default)]
+struct Busy {
+    jobs: u64,
+    timings: chaarfm_shared::ipc::Timings,
+    /// Receiving each job to replying, summed (ms).
+    wall_ms: f64,
+}
+
+impl Busy {
+    fn add(&mut self, o: &chaarfm_shared::ipc::JobOutput) {
+        self.jobs += 1;
+        self.timings.decode_ms += o.timings.decode_ms;
+        self.timings.resample_ms += o.timings.resample_ms;
+        self.timings.features_ms += o.timings.features_ms;
+        self.timings.infer_ms += o.timings.infer_ms;
+        self.wall_ms += o.wall_ms;
+    }
+
+    /// The summary line: the children's time, its share of `children` x `wall` (s), its
+    /// stages, and the IPC cost (`overhead_ms` per job).
+    fn line(&self, children: usize, wall: f64, overhead_ms: f64) -> String {
+        let t = &self.timings;
+        let staged = t.decode_ms + t.resample_ms + t.features_ms + t.infer_ms;
+        let s = |ms: f64| ms / 1e3;
+        format!(
+            "ingest: children busy {:.2} s of {children} x {wall:.2} s ({:.1}%): decode {:.2} s, resample {:.2} s, mel {:.2} s, inference {:.2} s, other {:.2} s; IPC {:.2} s\n",
+            s(self.wall_ms),
+            self.wall_ms / 10.0 / (children.max(1) as f64 * wall).max(1e-9),
+            s(t.decode_ms),
+            s(t.resample_ms),
+            s(t.features_ms),
+            s(t.infer_ms),
+            s((self.wall_ms - staged).max(0.0)),
+            s(overhead_ms * self.jobs as f64),
+        )
+    }
 }
 
 /// Appends result lines on a blocking thread: a slow or stuck disk never stalls the
@@ -313,6 +357,35 @@ impl Appender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_busy_line_sums_the_childrens_own_timings_against_children_times_wall() {
+        let job = |decode_ms, infer_ms, wall_ms| chaarfm_shared::ipc::JobOutput {
+            vector: vec![],
+            tags: vec![],
+            patches: 1,
+            duration_s: 10.0,
+            timings: chaarfm_shared::ipc::Timings {
+                decode_ms,
+                resample_ms: 100.0,
+                features_ms: 50.0,
+                infer_ms,
+            },
+            peak_rss_kib: 1,
+            wall_ms,
+            artist: None,
+            title: None,
+        };
+        let mut busy = Busy::default();
+        busy.add(&job(200.0, 1_000.0, 1_400.0));
+        busy.add(&job(300.0, 2_000.0, 2_600.0));
+        // 4 s busy of 2 children x 2.5 s; 0.2 s of the children's time is unstaged; IPC
+        // 0.5 ms per job.
+        assert_eq!(
+            busy.line(2, 2.5, 0.5),
+            "ingest: children busy 4.00 s of 2 x 2.50 s (80.0%): decode 0.50 s, resample 0.20 s, mel 0.10 s, inference 3.00 s, other 0.20 s; IPC 0.00 s\n"
+        );
+    }
 
     #[test]
     fn folders_yield_every_format_the_decoder_knows() {

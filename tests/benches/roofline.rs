@@ -17,12 +17,16 @@
 //!    is what the FMA roof on all cores at once gives of cores x its one-core figure (below
 //!    1 when virtual CPUs share a core's FMA units); efficiency = achieved / ceiling, at
 //!    the fastest kernel's rate, the slower timbral conv's and the FMA roof.
-//! 5. One child's time, split: the shared engine in-process on each corpus file
-//!    (decode, resample, mel; front-end, edges, splice, rest from `Musicnn::stages`);
-//!    IPC and idle are what the `--workers 1` run's wall time adds to that compute.
+//! 5. One child's time, split, from the `--workers 1` run itself: decode, resample, mel,
+//!    inference and the rest of each job from the child's own timings (ingest's "children
+//!    busy" line), IPC as the pool measured it, idle the wall time left; the inference
+//!    divided into front-end, edges, splice and rest in the proportions `Musicnn::stages`
+//!    gives for the shared engine in-process on the corpus. (An in-process run made at
+//!    another moment cannot give IPC and idle by subtraction: this host moves 20% between
+//!    runs, which that difference took for idle time.)
 //!
 //! Run: `cargo bench -p chaarfm-tests --bench roofline` (after `cargo build --release`).
-//! Options: `--no-pool` (skip 3 and the IPC/idle share).
+//! Options: `--no-pool` (skip 3; the split is then in-process only).
 use std::time::Instant;
 
 use anyhow::Context;
@@ -355,40 +359,64 @@ fn main() -> anyhow::Result<()> {
     let compute = decode + resample + mel + infer;
 
     // 3. The pool.
-    let mut idle = None;
-    let mut achieved = None;
+    let mut pool = None;
     if with_pool {
         let dir = TempDir::new("bench-roofline");
-        let copies = 4;
-        let files = corpus_copies(&dir, copies)?;
+        let files = corpus_copies(&dir, 4)?;
         println!("\npool: {} jobs", files.len());
         let one = ingest(&files, "1", "shared", &dir)?;
         let auto = ingest(&files, "auto", "shared", &dir)?;
-        idle = Some((one.wall_s * 1e3 - copies as f64 * compute).max(0.0) / copies as f64);
-        achieved = Some((one.xrt, auto.xrt));
+        pool = Some((one, auto));
     }
+    let achieved = pool.as_ref().map(|(one, auto)| (one.xrt, auto.xrt));
 
-    println!("\none child's time on the corpus ({audio:.0} s of audio), shared engine, 1 thread:");
-    let all = compute + idle.unwrap_or(0.0);
-    for (what, ms) in [
-        ("decode", decode),
-        ("resample", resample),
-        ("mel", mel),
+    // 5. The split. With the pool, from the `--workers 1` run itself (the child's own
+    // timings, the IPC the pool measured, the rest of the wall time idle), the inference
+    // divided among the engine's stages as in-process; else in-process alone.
+    let inference = [
         ("front-end", front),
         ("edges", edges_ms),
         ("splice", splice),
         ("rest", rest_ms),
         ("stream bookkeeping", other),
-    ] {
-        println!("  {what:20} {ms:9.1} ms  {:5.1}%", ms * 100.0 / all);
+    ];
+    let mut rows: Vec<(&str, f64)> = Vec::new();
+    match &pool {
+        Some((one, auto)) => {
+            let b = &one.busy;
+            let idle = (one.wall_s - b.total - b.ipc).max(0.0);
+            println!(
+                "\none child's time in the --workers 1 run ({:.0} s of audio in {:.1} s), stages from the child's own timings, inference split as in-process:",
+                one.xrt * one.wall_s,
+                one.wall_s
+            );
+            rows.extend([
+                ("decode", b.decode * 1e3),
+                ("resample", b.resample * 1e3),
+                ("mel", b.mel * 1e3),
+            ]);
+            rows.extend(inference.map(|(w, ms)| (w, b.inference * 1e3 * ms / infer)));
+            rows.extend([
+                ("other in a job", b.other * 1e3),
+                ("IPC", b.ipc * 1e3),
+                ("idle", idle * 1e3),
+            ]);
+            println!(
+                "  (--workers auto: children busy {:.1} s of {:.1} s x its children)",
+                auto.busy.total, auto.wall_s
+            );
+        }
+        None => {
+            println!(
+                "\none child's time on the corpus ({audio:.0} s of audio), in-process (--no-pool):"
+            );
+            rows.extend([("decode", decode), ("resample", resample), ("mel", mel)]);
+            rows.extend(inference);
+        }
     }
-    match idle {
-        Some(ms) => println!(
-            "  {:20} {ms:9.1} ms  {:5.1}%  (--workers 1 wall time minus the compute above)",
-            "IPC/idle",
-            ms * 100.0 / all
-        ),
-        None => println!("  IPC/idle: not measured (--no-pool)"),
+    let all: f64 = rows.iter().map(|(_, ms)| ms).sum();
+    for (what, ms) in rows {
+        println!("  {what:20} {ms:9.1} ms  {:5.1}%", ms * 100.0 / all);
     }
     println!(
         "  in-process: {:.1}x realtime on one core",

@@ -36,6 +36,23 @@ pub struct Ingest {
     pub supervisor_mb: f64,
     pub child_mb: f64,
     pub ipc_overhead_ms: f64,
+    /// The children's own time, from their per-job timings (the summary's "children
+    /// busy" line), in seconds.
+    pub busy: Busy,
+}
+
+/// Where the children's time went in one ingest run, in seconds.
+pub struct Busy {
+    /// Receiving each job to replying, summed over jobs.
+    pub total: f64,
+    pub decode: f64,
+    pub resample: f64,
+    pub mel: f64,
+    pub inference: f64,
+    /// In a job but in no stage: reading the file's tags, replying.
+    pub other: f64,
+    /// Dispatch to result minus the child's own time, summed over jobs.
+    pub ipc: f64,
 }
 
 /// `chaarfm-super ingest --workers W --engine E` on `files`; prints its summary.
@@ -65,6 +82,21 @@ pub fn ingest(
         supervisor_mb: number_after(&s, "supervisor peak RSS "),
         child_mb: number_after(&s, "child peak RSS "),
         ipc_overhead_ms: number_after(&s, "IPC overhead "),
+        busy: {
+            let line = s
+                .lines()
+                .find(|l| l.starts_with("ingest: children busy"))
+                .unwrap_or("");
+            Busy {
+                total: number_after(line, "children busy "),
+                decode: number_after(line, "decode "),
+                resample: number_after(line, "resample "),
+                mel: number_after(line, "mel "),
+                inference: number_after(line, "inference "),
+                other: number_after(line, "other "),
+                ipc: number_after(line, "IPC "),
+            }
+        },
     })
 }
 
