@@ -284,7 +284,7 @@ impl Musicnn {
                 tags: vec![0f64; m.tags.len()],
             },
             timbral: Timbral {
-                held: [Vec::new(), Vec::new()],
+                held: std::array::from_fn(|_| vec![Vec::new(); m.shared.channels]),
                 base: halo,
                 ready: halo,
             },
@@ -327,10 +327,11 @@ impl Mel {
     }
 }
 
-/// Shared engine: timbral outputs of frames `base..ready`, frame-major
-/// (`[frame][channel]`), one vector per branch.
+/// Shared engine: timbral outputs of frames `base..ready`, per branch one vector of
+/// frames per channel: the layout the front-end gives and the rest takes, so keeping a
+/// chunk and splicing a patch are a copy per channel, not a transpose per value.
 struct Timbral {
-    held: [Vec<f32>; 2],
+    held: [Vec<Vec<f32>>; 2],
     base: usize,
     ready: usize,
 }
@@ -449,8 +450,8 @@ impl SharedEngine {
             let input = mel.frames(held.ready - halo, to + halo);
             let out = front_run(&mut self.front, input, 1, t + 2 * halo, t)?;
             for (h, o) in held.held.iter_mut().zip(&out) {
-                for f in 0..t {
-                    h.extend((0..ch).map(|c| o[c * t + f]));
+                for (h, o) in h.iter_mut().zip(o.chunks_exact(t)) {
+                    h.extend_from_slice(o);
                 }
             }
             held.ready = to;
@@ -480,16 +481,10 @@ impl SharedEngine {
             for (i, q) in (first..end).enumerate() {
                 let start = q * PATCH_HOP - held.base;
                 let (head, tail) = (&head[b][i * ch * halo..], &tail[b][i * ch * halo..]);
-                for c in 0..ch {
-                    for f in 0..PATCH_FRAMES {
-                        t.push(if f < halo {
-                            head[c * halo + f]
-                        } else if f >= PATCH_FRAMES - halo {
-                            tail[c * halo + f + halo - PATCH_FRAMES]
-                        } else {
-                            held.held[b][(start + f) * ch + c]
-                        });
-                    }
+                for (c, h) in held.held[b].iter().enumerate() {
+                    t.extend_from_slice(&head[c * halo..(c + 1) * halo]);
+                    t.extend_from_slice(&h[start + halo..start + PATCH_FRAMES - halo]);
+                    t.extend_from_slice(&tail[c * halo..(c + 1) * halo]);
                 }
             }
         }
@@ -507,8 +502,8 @@ impl SharedEngine {
         lap(&mut self.stages.rest_ms);
         // Timbral frames before the next patch's interior are no longer needed.
         let drop = (end * PATCH_HOP + halo).min(held.ready) - held.base;
-        for h in &mut held.held {
-            h.drain(..drop * ch);
+        for h in held.held.iter_mut().flatten() {
+            h.drain(..drop);
         }
         held.base += drop;
         Ok(())
