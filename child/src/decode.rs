@@ -66,7 +66,10 @@ enum Source {
 pub struct AudioStream {
     source: Source,
     sample_rate: u32,
+    /// The ffmpeg fallback's samples, interleaved as its pipe gives them.
     interleaved: Vec<f32>,
+    /// symphonia's samples, one vector per channel as its decoders give them.
+    planes: Vec<Vec<f32>>,
     stats: DecodeStats,
     done: bool,
 }
@@ -102,6 +105,7 @@ impl AudioStream {
                     sample_rate: ff.sample_rate,
                     source: Source::Ffmpeg(ff),
                     interleaved: Vec::new(),
+                    planes: Vec::new(),
                     stats: DecodeStats::default(),
                     done: false,
                 })
@@ -170,6 +174,7 @@ impl AudioStream {
             },
             sample_rate,
             interleaved: Vec::new(),
+            planes: Vec::new(),
             stats: DecodeStats::default(),
             done: false,
         })
@@ -227,7 +232,8 @@ impl AudioStream {
             Source::Ffmpeg(ff) => {
                 let channels = ff.channels;
                 while ff.next_interleaved(&mut self.interleaved)? {
-                    if to_mono(&self.interleaved, channels, mono, &mut self.stats)? {
+                    downmix(&self.interleaved, channels, mono);
+                    if counted(mono, &mut self.stats)? {
                         return Ok(true);
                     }
                 }
@@ -283,9 +289,9 @@ impl AudioStream {
                     to: rate,
                 });
             }
-            let channels = buf.spec().channels().count().max(1);
-            buf.copy_to_vec_interleaved(&mut self.interleaved);
-            if to_mono(&self.interleaved, channels, mono, &mut self.stats)? {
+            buf.copy_to_vecs_planar(&mut self.planes);
+            downmix_planes(&self.planes, mono);
+            if counted(mono, &mut self.stats)? {
                 return Ok(true);
             }
         }
@@ -296,15 +302,10 @@ impl AudioStream {
     }
 }
 
-/// Downmixes decoded samples into `mono`, refusing non-finite ones and counting frames;
-/// whether any came out. The same for every source, so every format follows one rule.
-fn to_mono(
-    interleaved: &[f32],
-    channels: usize,
-    mono: &mut Vec<f32>,
-    stats: &mut DecodeStats,
-) -> Result<bool, DecodeError> {
-    downmix(interleaved, channels, mono);
+/// Refuses non-finite samples in what was just downmixed into `mono` and counts its
+/// frames; whether any came out. The same for every source, so every format follows one
+/// rule.
+fn counted(mono: &[f32], stats: &mut DecodeStats) -> Result<bool, DecodeError> {
     if mono.iter().any(|x| !x.is_finite()) {
         return Err(DecodeError::NonFinite);
     }
@@ -326,9 +327,61 @@ pub fn downmix(interleaved: &[f32], channels: usize, mono: &mut Vec<f32>) {
     );
 }
 
+/// [`downmix`] of samples held one vector per channel: the same sum, channel by channel in
+/// the same order, so the same bits, without interleaving them first.
+pub fn downmix_planes(planes: &[Vec<f32>], mono: &mut Vec<f32>) {
+    let Some((first, rest)) = planes.split_first() else {
+        return;
+    };
+    let start = mono.len();
+    mono.extend_from_slice(first);
+    if rest.is_empty() {
+        return;
+    }
+    let out = &mut mono[start..];
+    for plane in rest {
+        for (m, x) in out.iter_mut().zip(plane) {
+            *m += x;
+        }
+    }
+    let scale = 1.0 / planes.len() as f32;
+    for m in out {
+        *m *= scale;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn downmixing_planes_gives_the_bits_of_downmixing_them_interleaved() {
+        // Sums whose rounding depends on the order, signed zeros, 1 to 6 channels.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        for channels in 1..=6 {
+            let mut planes: Vec<Vec<f32>> = (0..channels)
+                .map(|_| (0..1000).map(|_| next() * 1e3f32.powf(next())).collect())
+                .collect();
+            planes[0][0] = -0.0;
+            if channels > 1 {
+                planes[1][0] = -0.0;
+            }
+            let interleaved: Vec<f32> = (0..1000)
+                .flat_map(|i| planes.iter().map(move |p| p[i]))
+                .collect();
+            let (mut a, mut b) = (vec![7.0], vec![7.0]);
+            downmix(&interleaved, channels, &mut a);
+            downmix_planes(&planes, &mut b);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "{channels} channels");
+        }
+    }
 
     #[test]
     fn downmix_is_the_mean_of_channels() {
