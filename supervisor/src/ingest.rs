@@ -273,7 +273,8 @@ pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result
         child_peak_kib as f64 / 1024.0,
         pool.stats.overhead_ms()
     ));
-    crate::logging::print(&busy.line(children, wall, pool.stats.overhead_ms()));
+    let ipc_ms = pool.stats.overhead_us.load(Ordering::Relaxed) as f64 / 1e3;
+    crate::logging::print(&busy.line(children, wall, ipc_ms));
     if let Some(stop) = collected.stopped {
         anyhow::bail!("{stop} ({} file(s) left for the next run)", collected.left);
     }
@@ -285,7 +286,6 @@ pub async fn run(args: &IngestArgs, model_path: Option<&Path>) -> anyhow::Result
 /// and is the roofline bench's per-stage split measured in the same run as its speed.
 #[derive(Debug, Default)]
 struct Busy {
-    jobs: u64,
     timings: chaarfm_shared::ipc::Timings,
     /// Receiving each job to replying, summed (ms).
     wall_ms: f64,
@@ -293,7 +293,6 @@ struct Busy {
 
 impl Busy {
     fn add(&mut self, o: &chaarfm_shared::ipc::JobOutput) {
-        self.jobs += 1;
         self.timings.decode_ms += o.timings.decode_ms;
         self.timings.resample_ms += o.timings.resample_ms;
         self.timings.features_ms += o.timings.features_ms;
@@ -302,21 +301,21 @@ impl Busy {
     }
 
     /// The summary line: the children's time, its share of `children` x `wall` (s), its
-    /// stages, and the IPC cost (`overhead_ms` per job).
-    fn line(&self, children: usize, wall: f64, overhead_ms: f64) -> String {
+    /// stages, and what IPC cost in all (`ipc_ms`, the pool's measure).
+    fn line(&self, children: usize, wall: f64, ipc_ms: f64) -> String {
         let t = &self.timings;
         let staged = t.decode_ms + t.resample_ms + t.features_ms + t.infer_ms;
         let s = |ms: f64| ms / 1e3;
         format!(
             "ingest: children busy {:.2} s of {children} x {wall:.2} s ({:.1}%): decode {:.2} s, resample {:.2} s, mel {:.2} s, inference {:.2} s, other {:.2} s; IPC {:.2} s\n",
             s(self.wall_ms),
-            self.wall_ms / 10.0 / (children.max(1) as f64 * wall).max(1e-9),
+            s(self.wall_ms) * 100.0 / (children.max(1) as f64 * wall).max(1e-9),
             s(t.decode_ms),
             s(t.resample_ms),
             s(t.features_ms),
             s(t.infer_ms),
             s((self.wall_ms - staged).max(0.0)),
-            s(overhead_ms * self.jobs as f64),
+            s(ipc_ms),
         )
     }
 }
@@ -380,9 +379,9 @@ mod tests {
         busy.add(&job(200.0, 1_000.0, 1_400.0));
         busy.add(&job(300.0, 2_000.0, 2_600.0));
         // 4 s busy of 2 children x 2.5 s; 0.2 s of the children's time is unstaged; IPC
-        // 0.5 ms per job.
+        // 1 ms in all.
         assert_eq!(
-            busy.line(2, 2.5, 0.5),
+            busy.line(2, 2.5, 1.0),
             "ingest: children busy 4.00 s of 2 x 2.50 s (80.0%): decode 0.50 s, resample 0.20 s, mel 0.10 s, inference 3.00 s, other 0.20 s; IPC 0.00 s\n"
         );
     }

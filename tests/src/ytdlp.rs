@@ -109,7 +109,7 @@ printf '{{"id": "%s", "title": "t %s", "webpage_url": "%s", "requested_downloads
 
     /// Writes one of the fake's control files whole, by a rename: a call reading it as it
     /// changes gets the old or the new text, never an empty file (which it would take for
-    /// an error line and fail the job with "no output": seen once in ten suite runs).
+    /// an error line and fail the job with "no output": seen once in two suite runs).
     fn put(&self, name: &str, text: &str) {
         let tmp = self.dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, text).expect("write the fake's control file");
