@@ -168,32 +168,38 @@ impl SincMedium {
             let i = (fi >> SHIFT_BITS) as usize;
             f64::from(c[i]) + fraction * (f64::from(c[i + 1]) - f64::from(c[i]))
         };
-        // Left half: offsets -left_count ..= 0.
-        let left_count = (max_filter_index - start_filter_index) / inc;
-        // Right half: offsets 1 ..= 1 + right_count.
-        let right_start = inc - start_filter_index;
-        let right_count = (max_filter_index - right_start) / inc;
-        let mut weights = Vec::with_capacity((left_count + right_count + 2) as usize);
-        let mut fi = start_filter_index + left_count * inc;
+        // (input offset, tap) in `calc_output_single`'s own walks. Left half: from the far
+        // left inwards while the filter index stays >= 0 (offsets up to 0, or 1 when the
+        // phase rounds to a whole step, `start_filter_index == inc`).
+        let mut taps = Vec::new();
+        let count = (max_filter_index - start_filter_index) / inc;
+        let (mut fi, mut offset) = (start_filter_index + count * inc, -count);
         while fi >= 0 {
-            weights.push((icoeff(fi) * scale) as f32);
-            fi -= inc;
+            taps.push((offset, icoeff(fi)));
+            (fi, offset) = (fi - inc, offset + 1);
         }
-        debug_assert_eq!(weights.len() as i64, left_count + 1);
-        // libsamplerate walks the right half from the far end inwards in a do-while that
-        // stops before a phase of exactly 0; here in offset order, with that tap zero.
-        for offset in 1..=right_count + 1 {
-            let fi = right_start + (offset - 1) * inc;
-            let w = if fi > 0 || offset == right_count + 1 {
-                icoeff(fi) * scale
-            } else {
-                0.0
-            };
-            weights.push(w as f32);
+        // Right half: from the far right inwards, a do-while that stops before a filter
+        // index of 0.
+        let right_start = inc - start_filter_index;
+        let count = (max_filter_index - right_start) / inc;
+        let (mut fi, mut offset) = (right_start + count * inc, 1 + count);
+        loop {
+            taps.push((offset, icoeff(fi)));
+            (fi, offset) = (fi - inc, offset - 1);
+            if fi <= 0 {
+                break;
+            }
         }
+        let first = taps.iter().map(|t| t.0).min().unwrap_or(0);
+        let last = taps.iter().map(|t| t.0).max().unwrap_or(0);
+        let mut sums = vec![0f64; (last - first + 1) as usize];
+        for (offset, tap) in taps {
+            sums[(offset - first) as usize] += tap;
+        }
+        let mut weights: Vec<f32> = sums.iter().map(|t| (t * scale) as f32).collect();
         weights.resize(weights.len().next_multiple_of(LANES), 0.0);
         Phase {
-            first: -(left_count as isize),
+            first: first as isize,
             weights,
         }
     }
