@@ -5,7 +5,9 @@
 //! far apart their samples are (max abs difference over the common length, and the two
 //! lengths: decoders differ in priming and padding), so a faster decoder would also show
 //! whether it gives the same samples. One thread each: ffmpeg's audio decoders are
-//! single-threaded, and a child has one core.
+//! single-threaded, and a child has one core. Last column: resampling the decoded samples
+//! to 16 kHz as a child does (`child::resample`, in 4,096-sample chunks, best of 3), the
+//! step that comes next in a child.
 //!
 //! Run: `cargo bench -p chaarfm-tests --bench decode` (needs ffmpeg on PATH).
 use std::path::Path;
@@ -14,6 +16,7 @@ use std::time::Instant;
 use anyhow::Context;
 use chaarfm_child::decode::{downmix, AudioStream};
 use chaarfm_child::ffmpeg::FfmpegStream;
+use chaarfm_child::resample::Resampler;
 use chaarfm_tests::{corpus_dir, references};
 
 /// Decodes `path` with symphonia to mono: samples, rate, seconds taken.
@@ -59,18 +62,43 @@ fn aligned_diff(a: &[f32], b: &[f32]) -> (isize, f32) {
     (lag, diff)
 }
 
+/// Seconds to resample `samples` at `rate` to 16 kHz, best of 3.
+fn resample(samples: &[f32], rate: u32) -> anyhow::Result<f64> {
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let mut r = Resampler::new(rate)?;
+        let mut n = 0;
+        for chunk in samples.chunks(4096) {
+            r.process(chunk, |y| n += y.len());
+        }
+        r.finish(|y| n += y.len());
+        best = best.min(start.elapsed().as_secs_f64());
+        anyhow::ensure!(n > 0, "no samples out of the resampler");
+    }
+    Ok(best)
+}
+
 fn main() -> anyhow::Result<()> {
     let ff = chaarfm_child::ffmpeg::find()
         .context("ffmpeg is not on PATH: this benchmark compares against it")?;
     println!(
-        "{:20} {:>6} {:>11} {:>11} {:>7} {:>12} {:>6} {:>19}",
-        "file", "kHz", "symphonia", "ffmpeg", "ratio", "max |diff|", "lag", "samples sym/ffmpeg"
+        "{:20} {:>6} {:>11} {:>11} {:>7} {:>12} {:>6} {:>19} {:>11}",
+        "file",
+        "kHz",
+        "symphonia",
+        "ffmpeg",
+        "ratio",
+        "max |diff|",
+        "lag",
+        "samples sym/ffmpeg",
+        "resample"
     );
     println!(
-        "{:20} {:>6} {:>11} {:>11}",
-        "", "", "ms/audio s", "ms/audio s"
+        "{:20} {:>6} {:>11} {:>11} {:>48}",
+        "", "", "ms/audio s", "ms/audio s", "ms/audio s"
     );
-    let (mut total_sym, mut total_ff, mut total_s) = (0.0, 0.0, 0.0);
+    let (mut total_sym, mut total_ff, mut total_s, mut total_rs) = (0.0, 0.0, 0.0, 0.0);
     for (name, r) in references() {
         if r.vector.is_none() {
             continue;
@@ -90,25 +118,31 @@ fn main() -> anyhow::Result<()> {
         let seconds = a.len() as f64 / f64::from(rate);
         let (lag, diff) = aligned_diff(&a, &b);
         let per = |t: f64| t * 1e3 / seconds;
+        let rs = resample(&a, rate)?;
+        let lengths = format!("{}/{}", a.len(), b.len());
         println!(
-            "{name:20} {:>6.1} {:>11.2} {:>11.2} {:>6.2}x {diff:>12.2e} {lag:>6} {:>9}/{}",
+            "{name:20} {:>6.1} {:>11.2} {:>11.2} {:>6.2}x {diff:>12.2e} {lag:>6} {lengths:>19} {:>11.2}",
             f64::from(rate) / 1e3,
             per(best_sym),
             per(best_ff),
             best_ff / best_sym,
-            a.len(),
-            b.len()
+            per(rs),
         );
-        (total_sym, total_ff, total_s) =
-            (total_sym + best_sym, total_ff + best_ff, total_s + seconds);
+        (total_sym, total_ff, total_s, total_rs) = (
+            total_sym + best_sym,
+            total_ff + best_ff,
+            total_s + seconds,
+            total_rs + rs,
+        );
     }
     println!(
-        "{:20} {:>6} {:>11.2} {:>11.2} {:>6.2}x  (ffmpeg time / symphonia time)",
+        "{:20} {:>6} {:>11.2} {:>11.2} {:>6.2}x {:>46.2}  (ratio: ffmpeg time / symphonia time)",
         "all",
         "",
         total_sym * 1e3 / total_s,
         total_ff * 1e3 / total_s,
-        total_ff / total_sym
+        total_ff / total_sym,
+        total_rs * 1e3 / total_s
     );
     Ok(())
 }
