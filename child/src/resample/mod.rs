@@ -99,19 +99,27 @@ mod tests {
         got
     }
 
+    /// Resamples `n` samples at `rate` in chunks of `chunk` and compares with libsamplerate.
+    fn assert_like_libsamplerate(rate: u32, n: usize, chunk: usize) {
+        let input = test_signal(n, rate);
+        let want = libsamplerate(&input, rate);
+        let got = ours(&input, rate, chunk);
+        assert_eq!(got.len(), want.len(), "{rate} Hz: sample count");
+        let max_diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            max_diff < 2e-5,
+            "{rate} Hz, chunks of {chunk}: max abs difference {max_diff}"
+        );
+    }
+
     #[test]
     fn matches_libsamplerate_sample_for_sample() {
         for rate in [44_100, 48_000, 22_050, 32_000, 8_000, 11_025, 96_000] {
-            let input = test_signal(rate as usize * 3 + 123, rate);
-            let want = libsamplerate(&input, rate);
-            let got = ours(&input, rate, 1000);
-            assert_eq!(got.len(), want.len(), "{rate} Hz: sample count");
-            let max_diff = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(max_diff < 2e-5, "{rate} Hz: max abs difference {max_diff}");
+            assert_like_libsamplerate(rate, rate as usize * 3 + 123, 1000);
         }
     }
 
@@ -123,20 +131,8 @@ mod tests {
     #[test]
     fn a_phase_that_rounds_to_a_whole_step_matches_libsamplerate() {
         for rate in [44_101, 44_110] {
-            let input = test_signal(rate as usize * 2, rate);
-            let want = libsamplerate(&input, rate);
             for chunk in [100_000, 1000] {
-                let got = ours(&input, rate, chunk);
-                assert_eq!(got.len(), want.len(), "{rate} Hz: sample count");
-                let max_diff = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
-                assert!(
-                    max_diff < 2e-5,
-                    "{rate} Hz, chunks of {chunk}: max abs difference {max_diff}"
-                );
+                assert_like_libsamplerate(rate, rate as usize * 2, chunk);
             }
         }
     }
