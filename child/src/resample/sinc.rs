@@ -82,7 +82,6 @@ fn fmod_one(x: f64) -> f64 {
 /// Taps of one phase: weights for input offsets `first..first + weights.len()` around
 /// the current integer position.
 struct Phase {
-    key: i64,
     first: isize,
     weights: Vec<f32>,
 }
@@ -117,10 +116,6 @@ pub struct SincMedium {
     /// Phase key (libsamplerate's `start_filter_index`) -> index into `phases`.
     index: HashMap<i64, u32, BuildHasherDefault<PhaseHasher>>,
     phases: Vec<Phase>,
-    /// The last output's phase. A fixed ratio's phases recur in the order they were first
-    /// met, so the next one is almost always the one made after it: checked first, the
-    /// hash map only on a miss.
-    last: u32,
     pending: Vec<Pending>,
     /// Scratch of [`SincMedium::run_pending`]: outputs ordered by phase, and the counting
     /// sort's slots.
@@ -150,7 +145,6 @@ impl SincMedium {
             frac: 0.0,
             index: HashMap::default(),
             phases: Vec::new(),
-            last: 0,
             pending: Vec::new(),
             order: Vec::new(),
             starts: Vec::new(),
@@ -184,13 +178,7 @@ impl SincMedium {
     /// cache is cleared.)
     fn plan(&mut self, out: &mut Vec<f32>) {
         let key = lrint(self.frac * self.float_increment * FP_ONE);
-        let guess = self.last as usize + 1;
-        let guess = if guess < self.phases.len() { guess } else { 0 };
-        let known = match self.phases.get(guess) {
-            Some(p) if p.key == key => Some(guess as u32),
-            _ => self.index.get(&key).copied(),
-        };
-        let phase = match known {
+        let phase = match self.index.get(&key).copied() {
             Some(i) => i,
             None => {
                 if self.phases.len() >= MAX_PHASES {
@@ -205,7 +193,6 @@ impl SincMedium {
                 i
             }
         };
-        self.last = phase;
         let first = self.phases[phase as usize].first;
         self.pending.push(Pending {
             phase,
@@ -287,7 +274,6 @@ impl SincMedium {
         let mut weights: Vec<f32> = sums.iter().map(|t| (t * scale) as f32).collect();
         weights.resize(weights.len().next_multiple_of(LANES), 0.0);
         Phase {
-            key: start_filter_index,
             first: first as isize,
             weights,
         }
