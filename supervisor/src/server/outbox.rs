@@ -487,18 +487,34 @@ mod tests {
         entry_for(&here(), id, lane)
     }
 
-    /// `<tmp>/chaarfm-outbox-<name>-<pid>/outbox`: the export file beside it is then this
-    /// test's own, whatever else runs at the same time.
-    fn test_dir(name: &str) -> PathBuf {
-        let root =
-            std::env::temp_dir().join(format!("chaarfm-outbox-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        root.join("outbox")
+    /// `<tmp>/chaarfm-outbox-<name>-<pid>`, removed with all in it when the test ends,
+    /// passed or failed; the outbox is `outbox/` inside, so the export file beside it is
+    /// this test's own, whatever else runs at the same time.
+    struct TestDir(PathBuf);
+
+    impl TestDir {
+        fn new(name: &str) -> TestDir {
+            let root =
+                std::env::temp_dir().join(format!("chaarfm-outbox-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            TestDir(root)
+        }
+
+        fn outbox(&self) -> PathBuf {
+            self.0.join("outbox")
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     #[test]
     fn entries_survive_until_removed() {
-        let dir = test_dir("survive");
+        let root = TestDir::new("survive");
+        let dir = root.outbox();
         let ob = Outbox::open(&dir, here()).unwrap();
         ob.put(&entry("a/../b", 0)).unwrap();
         ob.put(&entry("c", 1)).unwrap();
@@ -510,7 +526,6 @@ mod tests {
         assert!(!dir.join("stray.tmp").exists(), "stray temporary file kept");
         again.remove("a/../b");
         assert_eq!(again.pending().len(), 1);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -532,7 +547,8 @@ mod tests {
 
     #[test]
     fn results_for_another_server_or_code_are_kept_counted_and_never_loaded() {
-        let dir = test_dir("others");
+        let root = TestDir::new("others");
+        let dir = root.outbox();
         let staging = destination("http://127.0.0.1:8765", "TEST42");
         let ob = Outbox::open(&dir, staging.clone()).unwrap();
         for id in ["s1", "s2", "same-id"] {
@@ -559,12 +575,12 @@ mod tests {
         );
         assert_eq!(survey(&dir, Some(&staging)).0, 3);
         assert_eq!(survey(&dir, Some(&here())).1.total(), 3);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn after_seven_days_other_servers_results_move_to_the_export_file() {
-        let dir = test_dir("export");
+        let root = TestDir::new("export");
+        let dir = root.outbox();
         std::fs::create_dir_all(&dir).unwrap();
         let staging = destination("http://127.0.0.1:8765", "TEST42");
         let old = entry_for(&staging, "old", 0); // made at 1000 s after the epoch
@@ -589,12 +605,12 @@ mod tests {
         assert_eq!(ob.exported().map(|e| e.0), Some(1));
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
         assert!(ob.others().0.is_empty());
-        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     #[test]
     fn a_failed_write_keeps_the_result_in_memory_and_leaves_no_tmp() {
-        let dir = test_dir("ro");
+        let root = TestDir::new("ro");
+        let dir = root.outbox();
         let ob = Outbox::open(&dir, here()).unwrap();
         // The directory vanishes (or the disk fails): writes fail.
         std::fs::remove_dir_all(&dir).unwrap();
@@ -609,12 +625,12 @@ mod tests {
         assert!(ob.file("j1").exists());
         let names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
         assert_eq!(names.len(), 1, "stray files: {names:?}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn concurrent_writes_of_one_job_id_both_succeed() {
-        let dir = test_dir("cc");
+        let root = TestDir::new("cc");
+        let dir = root.outbox();
         let ob = std::sync::Arc::new(Outbox::open(&dir, here()).unwrap());
         let writers: Vec<_> = (0..8)
             .map(|lane| {
@@ -630,7 +646,6 @@ mod tests {
         assert_eq!(ob.pending().len(), 1);
         let names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
         assert_eq!(names.len(), 1, "{names:?}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Windows: a result file that another program holds open without
@@ -642,7 +657,8 @@ mod tests {
     fn a_result_whose_file_another_program_holds_open_is_kept_and_written_later() {
         use std::os::windows::fs::OpenOptionsExt;
         const FILE_SHARE_READ: u32 = 1;
-        let dir = test_dir("held");
+        let root = TestDir::new("held");
+        let dir = root.outbox();
         let ob = Outbox::open(&dir, here()).unwrap();
         ob.put(&entry("busy", 0)).unwrap();
         let scanner = std::fs::OpenOptions::new()
@@ -663,12 +679,12 @@ mod tests {
         assert_eq!(read_entry(&ob.file("busy")).map(|e| e.lane), Some(3));
         let names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
         assert_eq!(names.len(), 1, "stray files: {names:?}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn rescue_writes_what_the_outbox_cannot_hold_elsewhere() {
-        let dir = test_dir("rs");
+        let root = TestDir::new("rs");
+        let dir = root.outbox();
         let ob = Outbox::open(&dir, here()).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         let _ = ob.put(&entry("j2", 0));
