@@ -70,6 +70,7 @@ pub fn shared_engine(bytes: &[u8], m: &Manifest, block: usize) -> Result<SharedM
         front_with(halo, 0)?,
         front_with(0, halo)?,
     );
+    pooled.pack_spare_filters(&c.pack_spare, block)?;
     if let Some(rw) = &c.conv_1d {
         pooled.conv_as_1d(rw)?;
     }
@@ -486,6 +487,181 @@ impl Model {
         })
     }
 
+    /// Fills the zero filters [`Model::pool_first`] padded onto one-channel convolutions
+    /// over time (`convs`, all reading one input) with the filters of other such branches
+    /// that do not fill a channel block. musicnn's temporal branch has 51 filters of 128,
+    /// 64 and 32 frames, padded to 64 each with AVX-512's block of 16: 13 of every 64
+    /// filters multiply zeros. Here the 3 filters past 48 of the 64- and 32-frame branches
+    /// move into the 128-frame convolution's padding, and those two branches keep 48.
+    ///
+    /// Exact: a moved filter gets zero taps where the longer kernel reaches further, and
+    /// its own taps are summed in the same order by the same kernel; a zero tap adds an
+    /// exact zero. After the pool, a `Slice` of the host's output and a `Concat` put the
+    /// moved channels back after their branch's own. Of all the ways to move them (only
+    /// to a longer kernel), the one with the fewest MACs per position is taken; none when
+    /// nothing is gained, or when a branch was not padded (a block that divides it).
+    pub fn pack_spare_filters(&mut self, convs: &[String], block: usize) -> Result<(), GraphError> {
+        let block = block.max(1);
+        let mut members = Vec::new();
+        for name in convs {
+            match self.time_conv(name)? {
+                Some(m) => members.push(m),
+                None => return Ok(()),
+            }
+        }
+        if members.iter().any(|m| m.input != members[0].input) {
+            return Err(GraphError::Malformed(
+                "packed convolutions read different inputs",
+            ));
+        }
+        let plan = pack_plan(&members, block);
+        if plan.iter().all(Option::is_none) {
+            return Ok(());
+        }
+        // Each member's rows: its own filters (all, or those that fill whole blocks),
+        // then its guests', each at the tap offset that keeps its window.
+        let mut spare_at = vec![0; members.len()];
+        for (i, host) in members.iter().enumerate() {
+            let own = match plan[i] {
+                Some(_) => host.kept(block),
+                None => host.used,
+            };
+            let mut w = host.weights[..own * host.kernel].to_vec();
+            let mut b = host.bias[..own].to_vec();
+            for (g, guest) in members
+                .iter()
+                .enumerate()
+                .filter(|(g, _)| plan[*g] == Some(i))
+            {
+                spare_at[g] = b.len();
+                let offset = (host.pads.0 - guest.pads.0) as usize;
+                for row in guest.kept(block)..guest.used {
+                    let mut taps = vec![0.0; host.kernel];
+                    taps[offset..offset + guest.kernel].copy_from_slice(
+                        &guest.weights[row * guest.kernel..(row + 1) * guest.kernel],
+                    );
+                    w.extend(taps);
+                    b.push(guest.bias[row]);
+                }
+            }
+            let rows = b.len().div_ceil(block) * block;
+            w.resize(rows * host.kernel, 0.0);
+            b.resize(rows, 0.0);
+            let dims = [rows as i64, 1, host.kernel as i64, 1];
+            self.replace_initializer(float_tensor(&host.weight, &dims, &w));
+            self.replace_initializer(float_tensor(&host.bias_name, &[rows as i64], &b));
+        }
+        // A moved branch: its own channels, then its spare ones from the host's pool.
+        for (g, guest) in members.iter().enumerate() {
+            let Some(h) = plan[g] else { continue };
+            let p = &guest.pool;
+            let (kept, spare) = (format!("{p}/kept"), format!("{p}/spare"));
+            let (start, end) = (format!("{p}/spare_start"), format!("{p}/spare_end"));
+            let moved = guest.used - guest.kept(block);
+            self.replace_initializer(int64_tensor(&guest.slice_end, guest.kept(block) as i64));
+            self.replace_initializer(int64_tensor(&start, spare_at[g] as i64));
+            self.replace_initializer(int64_tensor(&end, (spare_at[g] + moved) as i64));
+            let g_nodes = &mut self.graph.node;
+            let slice = (g_nodes.iter_mut())
+                .find(|n| n.name() == guest.slice)
+                .ok_or_else(|| GraphError::Missing(guest.slice.clone()))?;
+            slice.output = vec![kept.clone()];
+            let ins = [&members[h].pooled, &start, &end, &guest.slice_axis].map(String::as_str);
+            g_nodes.push(node(&spare, "Slice", &ins, &[&spare], vec![]));
+            let axis = AttributeProto {
+                name: Some("axis".into()),
+                i: Some(1),
+                r#type: Some(AttributeType::Int as i32),
+                ..AttributeProto::default()
+            };
+            g_nodes.push(node(
+                &format!("{p}/joined"),
+                "Concat",
+                &[&kept, &spare],
+                &[&guest.sliced],
+                vec![axis],
+            ));
+        }
+        sort_topologically(&mut self.graph)
+    }
+
+    /// `name` as a member of [`Model::pack_spare_filters`]: a one-channel convolution over
+    /// time with 'same' padding whose pool is followed by `pool_first`'s slice; `None`
+    /// when the pool has no slice (its channels fill whole blocks: nothing to fill).
+    fn time_conv(&self, name: &str) -> Result<Option<TimeConv>, GraphError> {
+        let not_time = || GraphError::Malformed("packed convolution is not one-channel over time");
+        let sole_reader = |tensor: &str| -> Option<&NodeProto> {
+            let mut r = (self.graph.node.iter()).filter(|n| n.input.iter().any(|i| i == tensor));
+            match (r.next(), r.next()) {
+                (Some(n), None) => Some(n),
+                _ => None,
+            }
+        };
+        let conv = self.node(name)?;
+        let [input, weight, bias] = &conv.input[..] else {
+            return Err(GraphError::Missing(format!("{name} weights and bias")));
+        };
+        let (dims, weights) = self.floats(weight)?;
+        let (_, bias_values) = self.floats(bias)?;
+        let &[rows, 1, kernel, 1] = &dims[..] else {
+            return Err(not_time());
+        };
+        let pads = (conv.attribute.iter())
+            .find(|a| a.name() == "pads")
+            .map(|a| a.ints.clone())
+            .unwrap_or_default();
+        let &[before, 0, after, 0] = &pads[..] else {
+            return Err(not_time());
+        };
+        if before + after != kernel - 1 || bias_values.len() != rows as usize {
+            return Err(not_time());
+        }
+        let pool = sole_reader(&conv.output[0])
+            .filter(|n| n.op_type() == "MaxPool")
+            .ok_or_else(|| GraphError::Missing(format!("{name} read only by its pool")))?;
+        let Some(slice) = sole_reader(&pool.output[0]).filter(|n| n.op_type() == "Slice") else {
+            return Ok(None);
+        };
+        let [_, start, end, axis] = &slice.input[..] else {
+            return Err(GraphError::Malformed(
+                "pool_first's slice without its bounds",
+            ));
+        };
+        let value = |t: &str| self.initializer(t).ok().and_then(int64_value);
+        let used = match (value(start), value(end), value(axis)) {
+            (Some(0), Some(end), Some(1)) if end > 0 && end <= rows => end as usize,
+            _ => {
+                return Err(GraphError::Malformed(
+                    "pool_first's slice is not [0, used) of channels",
+                ))
+            }
+        };
+        Ok(Some(TimeConv {
+            input: input.clone(),
+            weight: weight.clone(),
+            bias_name: bias.clone(),
+            weights,
+            bias: bias_values,
+            kernel: kernel as usize,
+            pads: (before, after),
+            used,
+            pool: pool.name().to_string(),
+            pooled: pool.output[0].clone(),
+            slice: slice.name().to_string(),
+            slice_end: end.clone(),
+            slice_axis: axis.clone(),
+            sliced: slice.output[0].clone(),
+        }))
+    }
+
+    fn replace_initializer(&mut self, t: TensorProto) {
+        let inits = &mut self.graph.initializer;
+        match inits.iter_mut().find(|old| old.name() == t.name()) {
+            Some(old) => *old = t,
+            None => inits.push(t),
+        }
+    }
+
     /// Sets the time padding of each convolution in `convs` (`pads` = `[t_begin,
     /// f_begin, t_end, f_end]`) to `begin` and `end`: with `0, 0` the timbral front-end
     /// computes only frames whose whole 7-frame window it is given (interior chunks of a
@@ -614,6 +790,127 @@ struct Branch {
     sliced: bool,
     /// Channels whose filters were negated.
     signed: bool,
+}
+
+/// One branch of [`Model::pack_spare_filters`], as `pool_first` left it.
+struct TimeConv {
+    input: String,
+    weight: String,
+    bias_name: String,
+    /// `[rows, 1, kernel, 1]` filters (signed and padded) and their bias.
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+    kernel: usize,
+    /// Time padding before and after.
+    pads: (i64, i64),
+    /// Filters that are the model's (the rest are padding).
+    used: usize,
+    pool: String,
+    pooled: String,
+    slice: String,
+    slice_end: String,
+    slice_axis: String,
+    sliced: String,
+}
+
+impl TimeConv {
+    /// The filters that fill whole blocks: those a branch keeps when its others move.
+    fn kept(&self, block: usize) -> usize {
+        self.used - self.used % block
+    }
+
+    /// Whether a filter of `guest` fits this kernel's window (same output times).
+    fn covers(&self, guest: &TimeConv) -> bool {
+        self.kernel > guest.kernel && self.pads.0 >= guest.pads.0 && self.pads.1 >= guest.pads.1
+    }
+}
+
+/// For each member, the member its spare filters move to (`None`: they stay, padded):
+/// the assignment with the fewest MACs per output position, moves only when they gain.
+fn pack_plan(members: &[TimeConv], block: usize) -> Vec<Option<usize>> {
+    let cost = |plan: &[Option<usize>]| -> usize {
+        (0..members.len())
+            .map(|i| {
+                let m = &members[i];
+                let own = if plan[i].is_some() {
+                    m.kept(block)
+                } else {
+                    m.used
+                };
+                let guests: usize = (0..members.len())
+                    .filter(|g| plan[*g] == Some(i))
+                    .map(|g| members[g].used - members[g].kept(block))
+                    .sum();
+                (own + guests).div_ceil(block) * block * m.kernel
+            })
+            .sum()
+    };
+    let mut best = vec![None; members.len()];
+    let mut best_cost = cost(&best);
+    let mut plan = best.clone();
+    // Every assignment: member g's spare stays or goes to a member that covers it.
+    fn each(
+        g: usize,
+        members: &[TimeConv],
+        block: usize,
+        plan: &mut Vec<Option<usize>>,
+        visit: &mut dyn FnMut(&[Option<usize>]),
+    ) {
+        if g == members.len() {
+            return visit(plan);
+        }
+        plan[g] = None;
+        each(g + 1, members, block, plan, visit);
+        let m = &members[g];
+        if m.kept(block) == 0 || m.kept(block) == m.used {
+            return;
+        }
+        for h in (0..members.len()).filter(|h| members[*h].covers(m)) {
+            plan[g] = Some(h);
+            each(g + 1, members, block, plan, visit);
+        }
+        plan[g] = None;
+    }
+    each(0, members, block, &mut plan, &mut |p| {
+        let c = cost(p);
+        if c < best_cost {
+            (best, best_cost) = (p.to_vec(), c);
+        }
+    });
+    best
+}
+
+/// A one-element int64 tensor's value.
+fn int64_value(t: &TensorProto) -> Option<i64> {
+    if t.data_type != Some(DataType::Int64 as i32) {
+        return None;
+    }
+    match (&t.raw_data, &t.int64_data[..]) {
+        (Some(raw), _) if raw.len() == 8 => Some(i64::from_le_bytes(raw[..].try_into().ok()?)),
+        (None, [v]) => Some(*v),
+        _ => None,
+    }
+}
+
+/// Orders the nodes so each comes after those it reads from (as ONNX requires), keeping
+/// the given order wherever it already is one.
+fn sort_topologically(g: &mut GraphProto) -> Result<(), GraphError> {
+    let mut known: HashSet<String> = (g.input.iter().map(|v| v.name().to_string()))
+        .chain(g.initializer.iter().map(|t| t.name().to_string()))
+        .chain([String::new()])
+        .collect();
+    let mut left = std::mem::take(&mut g.node);
+    while !left.is_empty() {
+        let ready = (left.iter())
+            .position(|n| n.input.iter().all(|i| known.contains(i)))
+            .ok_or(GraphError::Malformed(
+                "graph with a cycle or an input nothing makes",
+            ))?;
+        let n = left.remove(ready);
+        known.extend(n.output.iter().cloned());
+        g.node.push(n);
+    }
+    Ok(())
 }
 
 /// A float tensor's values (raw_data or float_data).
@@ -975,6 +1272,257 @@ mod tests {
                     .map(|(p, q)| (p - q).abs())
                     .fold(0f32, f32::max);
                 assert!(diff <= 1e-5, "block {block} seed {seed}: {a:?} vs {b:?}");
+            }
+        }
+    }
+
+    /// Three one-channel time convolutions of 8, 4 and 2 frames ('same' padding), 5
+    /// filters each, over one `[1, 1, 10, 6]` input, each `Relu -> BatchNormalization ->
+    /// MaxPool` over the 6 bands: musicnn's temporal branch in miniature.
+    fn temporal_model() -> Model {
+        let mut node_list = Vec::new();
+        let mut initializer = Vec::new();
+        let mut output = Vec::new();
+        for (k, before) in [(8i64, 3i64), (4, 1), (2, 0)] {
+            let c = format!("t{k}");
+            let name = |s: &str| format!("{c}/{s}");
+            node_list.extend([
+                conv(
+                    &c,
+                    &["x", &name("w"), &name("b")],
+                    [k, 1],
+                    [before, 0, k - 1 - before, 0],
+                ),
+                node(
+                    &name("r"),
+                    "Relu",
+                    &[&format!("{c}:0")],
+                    &[&name("r:0")],
+                    vec![],
+                ),
+                node(
+                    &name("n"),
+                    "BatchNormalization",
+                    &[
+                        &name("r:0"),
+                        &name("gamma"),
+                        &name("beta"),
+                        &name("mean"),
+                        &name("var"),
+                    ],
+                    &[&name("n:0")],
+                    vec![],
+                ),
+                node(
+                    &name("p"),
+                    "MaxPool",
+                    &[&name("n:0")],
+                    &[&name("p:0")],
+                    vec![ints_attribute("kernel_shape", &[1, 6])],
+                ),
+            ]);
+            let w: Vec<f32> = (0..5 * k as usize)
+                .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0 + k as f32 / 10.0)
+                .collect();
+            for (t, dims, v) in [
+                ("w", vec![5, 1, k, 1], w),
+                ("b", vec![5], vec![0.1, 0.5, 0.3, -0.3, -0.1]),
+                ("gamma", vec![5], vec![1.0, -2.0, 0.5, -0.3, 1.5]),
+                ("beta", vec![5], vec![0.2, 0.1, -0.4, 0.3, 0.0]),
+                ("mean", vec![5], vec![0.5, 0.2, 0.1, 0.0, 1.0]),
+                ("var", vec![5], vec![1.0, 2.0, 0.5, 1.5, 0.8]),
+            ] {
+                initializer.push(float_tensor(&name(t), &dims, &v));
+            }
+            output.push(Port {
+                name: name("p:0"),
+                dims: [1, 5, 10, 1].map(Dim::Fixed).to_vec(),
+            });
+        }
+        let input = Port {
+            name: "x".into(),
+            dims: [1, 1, 10, 6].map(Dim::Fixed).to_vec(),
+        };
+        model_of(GraphProto {
+            node: node_list,
+            name: Some("temporal".into()),
+            initializer,
+            input: vec![value_info(&input)],
+            output: output.iter().map(value_info).collect(),
+            ..GraphProto::default()
+        })
+    }
+
+    const TEMPORAL: [&str; 3] = ["t8", "t4", "t2"];
+
+    fn packed(model: &Model, block: usize) -> Model {
+        let convs = TEMPORAL.map(String::from);
+        let mut m = model.clone();
+        m.pool_first(&convs, block).unwrap();
+        m.pack_spare_filters(&convs, block).unwrap();
+        m
+    }
+
+    #[test]
+    fn spare_filters_fill_the_longest_kernels_padding() {
+        let model = temporal_model();
+        let out = packed(&model, 4);
+        let rows = |t: &str| out.floats(&format!("{t}/w")).unwrap();
+        // 5 filters each, block 4: padded to 8, 8, 8 (112 MACs per position); the 5th
+        // filters of t4 and t2 move into t8's padding (8, 4, 4: 88 MACs per position).
+        let (d8, w8) = rows("t8");
+        assert_eq!(d8, vec![8, 1, 8, 1]);
+        assert_eq!(rows("t4").0, vec![4, 1, 4, 1]);
+        assert_eq!(rows("t2").0, vec![4, 1, 2, 1]);
+        let (_, w4) = pooled_rows(&model, "t4");
+        let (_, w2) = pooled_rows(&model, "t2");
+        // Row 5 is t4's 5th filter, at taps 2..6 (t8 pads 3 before, t4 1); row 6 is t2's,
+        // at taps 3..5; row 7 is padding.
+        assert_eq!(
+            w8[40..48],
+            [0.0, 0.0, w4[16], w4[17], w4[18], w4[19], 0.0, 0.0]
+        );
+        assert_eq!(w8[48..56], [0.0, 0.0, 0.0, w2[8], w2[9], 0.0, 0.0, 0.0]);
+        assert!(w8[56..].iter().all(|v| *v == 0.0));
+        let int = |t: &str| out.initializer(t).ok().and_then(int64_value);
+        assert_eq!(int("t4/p/end"), Some(4));
+        assert_eq!(
+            (int("t4/p/spare_start"), int("t4/p/spare_end")),
+            (Some(5), Some(6))
+        );
+        assert_eq!(
+            (int("t2/p/spare_start"), int("t2/p/spare_end")),
+            (Some(6), Some(7))
+        );
+        // Every node comes after the nodes it reads from.
+        let mut known: HashSet<&str> = ["x", ""].into();
+        known.extend(out.graph.initializer.iter().map(|t| t.name()));
+        for n in &out.graph.node {
+            assert!(
+                n.input.iter().all(|i| known.contains(i.as_str())),
+                "{} too early",
+                n.name()
+            );
+            known.extend(n.output.iter().map(String::as_str));
+        }
+        // Nothing to gain with block 1 (no padding) or 5 (none needed): unchanged.
+        for block in [1, 5] {
+            let mut once = model.clone();
+            once.pool_first(&TEMPORAL.map(String::from), block).unwrap();
+            assert_eq!(
+                packed(&model, block).to_bytes(),
+                once.to_bytes(),
+                "block {block}"
+            );
+        }
+        // A convolution over more than one channel, or across bands, is refused.
+        let mut timbral = branch_model();
+        timbral.pool_first(&["c".into()], 4).unwrap();
+        assert!(timbral.pack_spare_filters(&["c".into()], 4).is_err());
+    }
+
+    /// `t`'s filters as `pool_first` (block 1) leaves them: signed, not padded.
+    fn pooled_rows(model: &Model, t: &str) -> (Vec<i64>, Vec<f32>) {
+        let mut m = model.clone();
+        m.pool_first(&TEMPORAL.map(String::from), 1).unwrap();
+        m.floats(&format!("{t}/w")).unwrap()
+    }
+
+    /// The values `bytes` gives for `feeds` (name, shape, values) at `outputs`.
+    fn run(
+        bytes: &[u8],
+        feeds: &[(&str, Vec<usize>, Vec<f32>)],
+        outputs: &[&str],
+    ) -> Vec<Vec<f32>> {
+        let env = crate::runtime::environment().expect("ONNX Runtime (run scripts/setup.sh)");
+        let mut s = ort::session::Session::builder(env)
+            .unwrap()
+            .commit_from_memory(bytes)
+            .unwrap();
+        let inputs: Vec<(String, ort::session::SessionInputValue)> = feeds
+            .iter()
+            .map(|(name, dims, v)| {
+                let t = ort::value::Tensor::from_array((dims.clone(), v.clone())).unwrap();
+                (name.to_string(), t.into())
+            })
+            .collect();
+        let out = s.run(inputs).unwrap();
+        outputs
+            .iter()
+            .map(|o| out[*o].try_extract_tensor::<f32>().unwrap().1.to_vec())
+            .collect()
+    }
+
+    fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+        a.iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max)
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed)) % 1000) as f32 / 250.0 - 2.0)
+            .collect()
+    }
+
+    #[test]
+    fn packed_spare_filters_compute_the_same_values() {
+        let model = temporal_model();
+        let outs = ["t8/p:0", "t4/p:0", "t2/p:0"];
+        for block in [1, 2, 4, 8, 16] {
+            let mut once = model.clone();
+            once.pool_first(&TEMPORAL.map(String::from), block).unwrap();
+            for seed in 0..4 {
+                let feeds = [("x", vec![1, 1, 10, 6], values(60, seed))];
+                let a = run(&model.to_bytes(), &feeds, &outs);
+                let b = run(&once.to_bytes(), &feeds, &outs);
+                let c = run(&packed(&model, block).to_bytes(), &feeds, &outs);
+                assert_eq!(c.iter().map(Vec::len).sum::<usize>(), 150);
+                assert!(
+                    max_diff(&a, &c) <= 1e-5,
+                    "block {block} seed {seed}: {a:?} vs {c:?}"
+                );
+                assert!(
+                    max_diff(&b, &c) <= 1e-6,
+                    "block {block} seed {seed}: {b:?} vs {c:?}"
+                );
+            }
+        }
+    }
+
+    /// The real model's rest, with and without its temporal filters packed, at both blocks
+    /// ONNX Runtime uses: the same values (0.0 apart when measured on 2026-12-07).
+    #[test]
+    fn the_rest_gives_the_same_values_with_its_spare_filters_packed() {
+        let path = crate::model::resolve(None).expect("the model (../shared/models)");
+        let bytes = std::fs::read(&path).unwrap();
+        let m = crate::model::manifest();
+        let mut unpacked = m.clone();
+        unpacked.shared.pack_spare.clear();
+        let outs = [m.embedding_output.as_str(), m.tags_output.as_str()];
+        let t = PATCH_FRAMES;
+        for block in [8, 16] {
+            let a = shared_engine(&bytes, &unpacked, block).unwrap().rest;
+            let b = shared_engine(&bytes, m, block).unwrap().rest;
+            assert!(b.len() < a.len(), "block {block}: nothing packed");
+            for seed in 0..3 {
+                let mut feeds = vec![(
+                    m.shared.raw.as_str(),
+                    vec![1, 1, t, BANDS],
+                    values(t * BANDS, seed),
+                )];
+                for (i, name) in m.shared.timbral.iter().enumerate() {
+                    let n = m.shared.channels * t;
+                    feeds.push((
+                        name.as_str(),
+                        vec![1, m.shared.channels, t],
+                        values(n, seed + 7 * i as u32),
+                    ));
+                }
+                let d = max_diff(&run(&a, &feeds, &outs), &run(&b, &feeds, &outs));
+                assert!(d <= 1e-6, "block {block} seed {seed}: max abs diff {d}");
             }
         }
     }

@@ -55,6 +55,10 @@ pub struct SharedCut {
     /// (`graph::pool_first`).
     #[serde(default)]
     pub pool_first: Vec<String>,
+    /// One-channel time convolutions among `pool_first` whose filters past a whole
+    /// channel block may fill another's padding (`graph::pack_spare_filters`).
+    #[serde(default)]
+    pub pack_spare: Vec<String>,
 }
 
 /// See [`crate::graph::Conv1d`].
