@@ -406,20 +406,9 @@ impl Model {
     /// The branch of `pool_first` that starts at convolution `name`, checked, with its
     /// filters signed and padded to `block`.
     fn branch(&self, name: &str, block: usize) -> Result<Branch, GraphError> {
-        // Who reads each tensor (a node reading one tensor twice counts once).
-        let readers = |tensor: &str| -> Vec<&NodeProto> {
-            (self.graph.node.iter())
-                .filter(|n| n.input.iter().any(|i| i == tensor))
-                .collect()
-        };
-        // The one node reading `tensor`, which must be an `op`.
         let sole_reader = |tensor: &str, op: &str| -> Result<&NodeProto, GraphError> {
-            match readers(tensor)[..] {
-                [n] if n.op_type() == op && n.output.len() == 1 => Ok(n),
-                _ => Err(GraphError::Missing(format!(
-                    "{tensor} read only by a single {op}"
-                ))),
-            }
+            (self.sole_reader(tensor, op))
+                .ok_or_else(|| GraphError::Missing(format!("{tensor} read only by a single {op}")))
         };
         let conv = self.node(name)?;
         let [_, weight, bias] = &conv.input[..] else {
@@ -428,7 +417,7 @@ impl Model {
         let [conv_out] = &conv.output[..] else {
             return Err(GraphError::Malformed("convolution without one output"));
         };
-        if readers(weight).len() != 1 || readers(bias).len() != 1 {
+        if self.readers(weight).len() != 1 || self.readers(bias).len() != 1 {
             return Err(GraphError::Malformed("convolution weights shared"));
         }
         let relu = sole_reader(conv_out, "Relu")?;
@@ -522,10 +511,7 @@ impl Model {
         // then its guests', each at the tap offset that keeps its window.
         let mut spare_at = vec![0; members.len()];
         for (i, host) in members.iter().enumerate() {
-            let own = match plan[i] {
-                Some(_) => host.kept(block),
-                None => host.used,
-            };
+            let own = host.own(plan[i].is_some(), block);
             let mut w = host.weights[..own * host.kernel].to_vec();
             let mut b = host.bias[..own].to_vec();
             for (g, guest) in members
@@ -557,10 +543,12 @@ impl Model {
             let p = &guest.pool;
             let (kept, spare) = (format!("{p}/kept"), format!("{p}/spare"));
             let (start, end) = (format!("{p}/spare_start"), format!("{p}/spare_end"));
-            let moved = guest.used - guest.kept(block);
             self.replace_initializer(int64_tensor(&guest.slice_end, guest.kept(block) as i64));
             self.replace_initializer(int64_tensor(&start, spare_at[g] as i64));
-            self.replace_initializer(int64_tensor(&end, (spare_at[g] + moved) as i64));
+            self.replace_initializer(int64_tensor(
+                &end,
+                (spare_at[g] + guest.spare(block)) as i64,
+            ));
             let g_nodes = &mut self.graph.node;
             let slice = (g_nodes.iter_mut())
                 .find(|n| n.name() == guest.slice)
@@ -590,13 +578,6 @@ impl Model {
     /// when the pool has no slice (its channels fill whole blocks: nothing to fill).
     fn time_conv(&self, name: &str) -> Result<Option<TimeConv>, GraphError> {
         let not_time = || GraphError::Malformed("packed convolution is not one-channel over time");
-        let sole_reader = |tensor: &str| -> Option<&NodeProto> {
-            let mut r = (self.graph.node.iter()).filter(|n| n.input.iter().any(|i| i == tensor));
-            match (r.next(), r.next()) {
-                (Some(n), None) => Some(n),
-                _ => None,
-            }
-        };
         let conv = self.node(name)?;
         let [input, weight, bias] = &conv.input[..] else {
             return Err(GraphError::Missing(format!("{name} weights and bias")));
@@ -616,10 +597,9 @@ impl Model {
         if before + after != kernel - 1 || bias_values.len() != rows as usize {
             return Err(not_time());
         }
-        let pool = sole_reader(&conv.output[0])
-            .filter(|n| n.op_type() == "MaxPool")
+        let pool = (self.sole_reader(&conv.output[0], "MaxPool"))
             .ok_or_else(|| GraphError::Missing(format!("{name} read only by its pool")))?;
-        let Some(slice) = sole_reader(&pool.output[0]).filter(|n| n.op_type() == "Slice") else {
+        let Some(slice) = self.sole_reader(&pool.output[0], "Slice") else {
             return Ok(None);
         };
         let [_, start, end, axis] = &slice.input[..] else {
@@ -652,6 +632,21 @@ impl Model {
             slice_axis: axis.clone(),
             sliced: slice.output[0].clone(),
         }))
+    }
+
+    /// Who reads `tensor` (a node reading it twice counts once).
+    fn readers(&self, tensor: &str) -> Vec<&NodeProto> {
+        (self.graph.node.iter())
+            .filter(|n| n.input.iter().any(|i| i == tensor))
+            .collect()
+    }
+
+    /// The one node reading `tensor`, if it is an `op` with one output.
+    fn sole_reader(&self, tensor: &str, op: &str) -> Option<&NodeProto> {
+        match self.readers(tensor)[..] {
+            [n] if n.op_type() == op && n.output.len() == 1 => Some(n),
+            _ => None,
+        }
     }
 
     fn replace_initializer(&mut self, t: TensorProto) {
@@ -819,6 +814,20 @@ impl TimeConv {
         self.used - self.used % block
     }
 
+    /// The filters past the last whole block: those that move.
+    fn spare(&self, block: usize) -> usize {
+        self.used % block
+    }
+
+    /// Its own filters its convolution keeps: all, or only whole blocks if it moves.
+    fn own(&self, moves: bool, block: usize) -> usize {
+        if moves {
+            self.kept(block)
+        } else {
+            self.used
+        }
+    }
+
     /// Whether a filter of `guest` fits this kernel's window (same output times).
     fn covers(&self, guest: &TimeConv) -> bool {
         self.kernel > guest.kernel && self.pads.0 >= guest.pads.0 && self.pads.1 >= guest.pads.1
@@ -832,16 +841,12 @@ fn pack_plan(members: &[TimeConv], block: usize) -> Vec<Option<usize>> {
         (0..members.len())
             .map(|i| {
                 let m = &members[i];
-                let own = if plan[i].is_some() {
-                    m.kept(block)
-                } else {
-                    m.used
-                };
                 let guests: usize = (0..members.len())
                     .filter(|g| plan[*g] == Some(i))
-                    .map(|g| members[g].used - members[g].kept(block))
+                    .map(|g| members[g].spare(block))
                     .sum();
-                (own + guests).div_ceil(block) * block * m.kernel
+                let rows = m.own(plan[i].is_some(), block) + guests;
+                rows.div_ceil(block) * block * m.kernel
             })
             .sum()
     };
@@ -862,7 +867,7 @@ fn pack_plan(members: &[TimeConv], block: usize) -> Vec<Option<usize>> {
         plan[g] = None;
         each(g + 1, members, block, plan, visit);
         let m = &members[g];
-        if m.kept(block) == 0 || m.kept(block) == m.used {
+        if m.kept(block) == 0 || m.spare(block) == 0 {
             return;
         }
         for h in (0..members.len()).filter(|h| members[*h].covers(m)) {
