@@ -45,6 +45,9 @@ pub enum GraphError {
 /// (its edges, as the whole model sees them), and the per-patch rest.
 pub struct SharedModels {
     pub front: Vec<u8>,
+    /// The front-end's time axis must be a multiple of this many output frames (its
+    /// Winograd tile; 1: any).
+    pub front_tile: usize,
     pub head: Vec<u8>,
     pub tail: Vec<u8>,
     pub rest: Vec<u8>,
@@ -59,16 +62,21 @@ pub fn shared_engine(bytes: &[u8], m: &Manifest, block: usize) -> Result<SharedM
         pooled.pool_first(&c.pool_first, block)?;
     }
     let (front_cut, rest_cut) = cuts(m);
-    let front_with = |begin, end| -> Result<Vec<u8>, GraphError> {
+    let front_with = |begin, end| -> Result<Model, GraphError> {
         let mut padded = pooled.clone();
         padded.with_time_pads(&c.timbral_convs, begin, end)?;
-        Ok(padded.extract(&front_cut)?.to_bytes())
+        padded.extract(&front_cut)
     };
     let halo = c.halo as i64;
+    let mut front = front_with(0, 0)?;
+    let front_tile = c.winograd_tile.max(1);
+    if front_tile > 1 {
+        front.winograd_time(&c.timbral_convs, front_tile, BANDS)?;
+    }
     let (front, head, tail) = (
-        front_with(0, 0)?,
-        front_with(halo, 0)?,
-        front_with(0, halo)?,
+        front.to_bytes(),
+        front_with(halo, 0)?.to_bytes(),
+        front_with(0, halo)?.to_bytes(),
     );
     pooled.pack_spare_filters(&c.pack_spare, block)?;
     if let Some(rw) = &c.conv_1d {
@@ -77,6 +85,7 @@ pub fn shared_engine(bytes: &[u8], m: &Manifest, block: usize) -> Result<SharedM
     let rest = pooled.extract(&rest_cut)?.to_bytes();
     Ok(SharedModels {
         front,
+        front_tile,
         head,
         tail,
         rest,
@@ -657,6 +666,188 @@ impl Model {
         }
     }
 
+    /// Runs each convolution in `convs` (one input channel, `[7, kf]` taps over `[time,
+    /// width]`, no padding) and the `MaxPool` over the whole width that reads it as
+    /// Winograd's `F(tile, 7)` along time ([`crate::winograd`]): an `n x 1` convolution
+    /// of stride `tile` turns each tile's `n = tile + 6` frames into `n` points, one
+    /// grouped `1 x kf` convolution per point multiplies them with the filters' own
+    /// points, a `MatMul` by `AT` gives the `tile` frames back, then the same max, the
+    /// bias (a max commutes with adding it) and frames back in order. The time axis must
+    /// be a whole number of tiles (the caller pads it). Not exact: see `winograd`.
+    pub fn winograd_time(
+        &mut self,
+        convs: &[String],
+        tile: usize,
+        width: usize,
+    ) -> Result<(), GraphError> {
+        for name in convs {
+            let conv = self.node(name)?.clone();
+            let [input, weight, bias] = &conv.input[..] else {
+                return Err(GraphError::Missing(format!("{name} weights and bias")));
+            };
+            let ints = |n: &NodeProto, a: &str| {
+                (n.attribute.iter().find(|x| x.name() == a)).map(|x| x.ints.clone())
+            };
+            let (dims, w) = self.floats(weight)?;
+            let (_, b) = self.floats(bias)?;
+            let [filters, 1, taps, kf] = dims[..] else {
+                return Err(GraphError::Malformed(
+                    "Winograd: not a one-channel 2-D convolution",
+                ));
+            };
+            let (filters, taps, kf) = (filters as usize, taps as usize, kf as usize);
+            let unit = |v: Option<Vec<i64>>| v.is_none_or(|v| v.iter().all(|&x| x == 1));
+            if ints(&conv, "pads").is_some_and(|p| p.iter().any(|&x| x != 0))
+                || !unit(ints(&conv, "strides"))
+                || !unit(ints(&conv, "dilations"))
+                || (conv.attribute.iter()).any(|a| a.name() == "group" && a.i() != 1)
+                || b.len() != filters
+                || kf > width
+            {
+                return Err(GraphError::Malformed(
+                    "Winograd: a convolution with padding, strides or groups",
+                ));
+            }
+            let positions = width - kf + 1;
+            let pool = (self.sole_reader(&conv.output[0], "MaxPool"))
+                .ok_or_else(|| GraphError::Missing(format!("{name} read only by a MaxPool")))?
+                .clone();
+            if ints(&pool, "kernel_shape") != Some(vec![1, positions as i64])
+                || ints(&pool, "pads").is_some_and(|p| p.iter().any(|&x| x != 0))
+            {
+                return Err(GraphError::Malformed(
+                    "Winograd: the max is not over the whole width",
+                ));
+            }
+            let t = crate::winograd::Transform::new(tile, taps)
+                .ok_or(GraphError::Malformed("Winograd: no transform of that size"))?;
+            let n = t.points();
+            // The filters' points: V[j, f, b] = sum_k G[j, k] W[f, k, b], in f64.
+            let mut v = vec![0f32; n * filters * kf];
+            for j in 0..n {
+                for f in 0..filters {
+                    for c in 0..kf {
+                        let s: f64 = (0..taps)
+                            .map(|k| t.g[j * taps + k] * f64::from(w[(f * taps + k) * kf + c]))
+                            .sum();
+                        v[(j * filters + f) * kf + c] = s as f32;
+                    }
+                }
+            }
+            let f32s = |m: &[f64]| m.iter().map(|&x| x as f32).collect::<Vec<_>>();
+            let k = |s: &str| format!("{name}/winograd/{s}");
+            let (nt, ft, tl) = (n as i64, filters as i64, tile as i64);
+            let shapes = [
+                ("points_shape", vec![0, nt, -1]),
+                ("pooled_shape", vec![0, tl * ft, -1, positions as i64]),
+                ("tiles_shape", vec![0, tl, ft, -1]),
+                ("frames_shape", vec![0, ft, -1, 1]),
+            ];
+            let g = &mut self.graph;
+            g.initializer
+                .retain(|x| x.name() != weight && x.name() != bias);
+            g.initializer.extend([
+                float_tensor(&k("bt"), &[nt, 1, nt, 1], &f32s(&t.bt)),
+                float_tensor(&k("filters"), &[nt * ft, 1, 1, kf as i64], &v),
+                float_tensor(&k("at"), &[tl, nt], &f32s(&t.at)),
+                float_tensor(&k("bias"), &[1, ft, 1, 1], &b),
+            ]);
+            for (s, d) in &shapes {
+                g.initializer.push(TensorProto {
+                    dims: vec![d.len() as i64],
+                    data_type: Some(DataType::Int64 as i32),
+                    name: Some(k(s)),
+                    raw_data: Some(d.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                    ..TensorProto::default()
+                });
+            }
+            let int = |a: &str, i: i64| AttributeProto {
+                name: Some(a.to_string()),
+                i: Some(i),
+                r#type: Some(AttributeType::Int as i32),
+                ..AttributeProto::default()
+            };
+            let at = |s: &str| k(s);
+            let chain = [
+                node(
+                    &at("in"),
+                    "Conv",
+                    &[input, &at("bt")],
+                    &[&at("u")],
+                    vec![
+                        ints_attribute("kernel_shape", &[nt, 1]),
+                        ints_attribute("strides", &[tl, 1]),
+                    ],
+                ),
+                node(
+                    &at("mul"),
+                    "Conv",
+                    &[&at("u"), &at("filters")],
+                    &[&at("m")],
+                    vec![
+                        ints_attribute("kernel_shape", &[1, kf as i64]),
+                        int("group", nt),
+                    ],
+                ),
+                node(
+                    &at("points"),
+                    "Reshape",
+                    &[&at("m"), &at("points_shape")],
+                    &[&at("m3")],
+                    vec![],
+                ),
+                node(
+                    &at("out"),
+                    "MatMul",
+                    &[&at("at"), &at("m3")],
+                    &[&at("y3")],
+                    vec![],
+                ),
+                node(
+                    &at("pooling"),
+                    "Reshape",
+                    &[&at("y3"), &at("pooled_shape")],
+                    &[&at("y4")],
+                    vec![],
+                ),
+                renamed(&pool, vec![at("y4")], &at("pooled")),
+                node(
+                    &at("tiles"),
+                    "Reshape",
+                    &[&at("pooled"), &at("tiles_shape")],
+                    &[&at("y5")],
+                    vec![],
+                ),
+                node(
+                    &at("order"),
+                    "Transpose",
+                    &[&at("y5")],
+                    &[&at("y6")],
+                    vec![ints_attribute("perm", &[0, 2, 3, 1])],
+                ),
+                node(
+                    &at("frames"),
+                    "Reshape",
+                    &[&at("y6"), &at("frames_shape")],
+                    &[&at("y7")],
+                    vec![],
+                ),
+                node(
+                    &at("bias_add"),
+                    "Add",
+                    &[&at("y7"), &at("bias")],
+                    &[&pool.output[0]],
+                    vec![],
+                ),
+            ];
+            g.node
+                .retain(|x| x.name() != conv.name() && x.name() != pool.name());
+            g.node.extend(chain);
+            sort_topologically(g)?;
+        }
+        Ok(())
+    }
+
     /// Sets the time padding of each convolution in `convs` (`pads` = `[t_begin,
     /// f_begin, t_end, f_end]`) to `begin` and `end`: with `0, 0` the timbral front-end
     /// computes only frames whose whole 7-frame window it is given (interior chunks of a
@@ -694,8 +885,12 @@ impl Model {
             let per_element = match n.op_type() {
                 // [O, C/group, kernel...]: every output element sums C/group x kernel.
                 "Conv" => self.dims(n, 1)?.iter().skip(1).product::<i64>(),
-                // [K, N] (Gemm: [N, K] when transB).
-                "MatMul" => self.dims(n, 1)?[0],
+                // [K, N] (Gemm: [N, K] when transB); a weight on the left, [M, K], times
+                // the data (a Winograd output transform): K.
+                "MatMul" => match self.dims(n, 1) {
+                    Ok(d) => d[0],
+                    Err(_) => self.dims(n, 0)?[1],
+                },
                 "Gemm" => {
                     let d = self.dims(n, 1)?;
                     let trans_b = n
@@ -1528,6 +1723,121 @@ mod tests {
                 }
                 let d = max_diff(&run(&a, &feeds, &outs), &run(&b, &feeds, &outs));
                 assert!(d <= 1e-6, "block {block} seed {seed}: max abs diff {d}");
+            }
+        }
+    }
+
+    /// `x [1, 1, time, 8]` -> a 7x4 convolution of 5 filters, no padding -> max over the
+    /// 5 positions -> Relu.
+    fn timbral_model(pads: [i64; 4], pool_width: i64) -> Model {
+        let w: Vec<f32> = (0..5 * 28)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let pool = vec![
+            ints_attribute("kernel_shape", &[1, pool_width]),
+            ints_attribute("strides", &[1, pool_width]),
+        ];
+        let port = |name: &str, dims: Vec<Dim>| Port {
+            name: name.into(),
+            dims,
+        };
+        let time = Dim::Free("time");
+        model_of(GraphProto {
+            node: vec![
+                conv("c", &["x", "w", "b"], [7, 4], pads),
+                node("p", "MaxPool", &["c:0"], &["p:0"], pool),
+                node("r", "Relu", &["p:0"], &["r:0"], vec![]),
+            ],
+            name: Some("timbral".into()),
+            initializer: vec![
+                float_tensor("w", &[5, 1, 7, 4], &w),
+                float_tensor("b", &[5], &[0.1, 5.0, 0.3, 3.0, -0.1]),
+            ],
+            input: vec![value_info(&port(
+                "x",
+                vec![Dim::Fixed(1), Dim::Fixed(1), time.clone(), Dim::Fixed(8)],
+            ))],
+            output: vec![value_info(&port(
+                "r:0",
+                vec![Dim::Fixed(1), Dim::Fixed(5), time, Dim::Fixed(1)],
+            ))],
+            ..GraphProto::default()
+        })
+    }
+
+    #[test]
+    fn winograd_time_computes_the_same_values() {
+        let direct = timbral_model([0, 0, 0, 0], 5);
+        for tile in [2, 4] {
+            let mut w = direct.clone();
+            w.winograd_time(&["c".into()], tile, 8).unwrap();
+            let ops = ops(&w);
+            assert!(!ops.iter().any(|o| o == "c"), "{ops:?}");
+            for tiles in [1, 3, 8] {
+                let frames = tile * tiles;
+                let x = values((frames + 6) * 8, tiles as u32);
+                let feeds = [("x", vec![1, 1, frames + 6, 8], x)];
+                let (a, b) = (
+                    run(&direct.to_bytes(), &feeds, &["r:0"]),
+                    run(&w.to_bytes(), &feeds, &["r:0"]),
+                );
+                assert_eq!(a[0].len(), 5 * frames);
+                let scale = a[0].iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = max_diff(&a, &b);
+                assert!(
+                    d <= 1e-5 * scale,
+                    "F({tile}, 7), {frames} frames: max abs diff {d} of {scale}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn winograd_time_refuses_what_it_cannot_compute() {
+        let padded = timbral_model([3, 0, 3, 0], 5);
+        assert!(padded.clone().winograd_time(&["c".into()], 4, 8).is_err());
+        let partial_max = timbral_model([0, 0, 0, 0], 1);
+        assert!(partial_max
+            .clone()
+            .winograd_time(&["c".into()], 4, 8)
+            .is_err());
+        let direct = timbral_model([0, 0, 0, 0], 5);
+        assert!(direct.clone().winograd_time(&["c".into()], 9, 8).is_err());
+        assert!(direct
+            .clone()
+            .winograd_time(&["nothing".into()], 4, 8)
+            .is_err());
+    }
+
+    /// The real front-end with its timbral convolutions as F(4, 7) against the direct
+    /// ones: within 2e-5 of the outputs' largest magnitude (measured: 2.5e-6).
+    #[test]
+    fn the_front_end_as_winograd_tiles_gives_the_same_values() {
+        let path = crate::model::resolve(None).expect("the model (../shared/models)");
+        let bytes = std::fs::read(&path).unwrap();
+        let m = crate::model::manifest();
+        assert_eq!(m.shared.winograd_tile, 4);
+        let mut direct = m.clone();
+        direct.shared.winograd_tile = 0;
+        let outs: Vec<&str> = m.shared.timbral.iter().map(String::as_str).collect();
+        for block in [8, 16] {
+            let a = shared_engine(&bytes, &direct, block).unwrap();
+            let b = shared_engine(&bytes, m, block).unwrap();
+            assert_eq!((a.front_tile, b.front_tile), (1, 4));
+            for (seed, frames) in [(0, 128), (1, 8)] {
+                let t = frames + 2 * m.shared.halo;
+                let x: Vec<f32> = values(t * BANDS, seed)
+                    .iter()
+                    .map(|v| 3.0 * v + 1.0)
+                    .collect();
+                let feeds = [(m.shared.raw.as_str(), vec![1, 1, t, BANDS], x)];
+                let (p, q) = (run(&a.front, &feeds, &outs), run(&b.front, &feeds, &outs));
+                let scale = p.iter().flatten().fold(0f32, |s, v| s.max(v.abs()));
+                let d = max_diff(&p, &q);
+                assert!(
+                    d <= 2e-5 * scale,
+                    "block {block}, {frames} frames: max abs diff {d} of {scale}"
+                );
             }
         }
     }

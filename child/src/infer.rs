@@ -85,6 +85,11 @@ struct PatchEngine {
 /// padded (its edges, as the whole model sees them), and the per-patch rest.
 struct SharedEngine {
     front: Session,
+    /// The front-end takes whole tiles of this many output frames (its Winograd tile):
+    /// a chunk is padded with zero frames to one, and the frames past it are dropped.
+    front_tile: usize,
+    /// A chunk's mel frames when padded.
+    front_input: Vec<f32>,
     head: Session,
     tail: Session,
     rest: Session,
@@ -185,20 +190,27 @@ impl Musicnn {
                 session: session(&file.bytes).map_err(corrupt)?,
             }),
             Engine::Shared => {
+                // Winograd tiles were measured on CPUs only (MLAS): a GPU runs the direct
+                // convolutions it was tested with.
+                let mut m = manifest().clone();
                 let block = match opts.device {
                     Device::Cpu => nchwc_block(),
-                    Device::Cuda(_) => 1,
+                    Device::Cuda(_) => {
+                        m.shared.winograd_tile = 0;
+                        1
+                    }
                 };
-                let models = crate::graph::shared_engine(&file.bytes, manifest(), block).map_err(
-                    |source| {
+                let models =
+                    crate::graph::shared_engine(&file.bytes, &m, block).map_err(|source| {
                         corrupt(InferError::Split {
                             path: shown.clone(),
                             source,
                         })
-                    },
-                )?;
+                    })?;
                 Sessions::Shared(Box::new(SharedEngine {
                     front: session(&models.front).map_err(corrupt)?,
+                    front_tile: models.front_tile,
+                    front_input: Vec::new(),
                     head: session(&models.head).map_err(corrupt)?,
                     tail: session(&models.tail).map_err(corrupt)?,
                     rest: session(&models.rest).map_err(corrupt)?,
@@ -447,11 +459,18 @@ impl SharedEngine {
         while held.ready < need {
             let to = (held.ready + FRONT_CHUNK).min(need);
             let t = to - held.ready;
-            let input = mel.frames(held.ready - halo, to + halo);
-            let out = front_run(&mut self.front, input, 1, t + 2 * halo, t)?;
+            let mut input = mel.frames(held.ready - halo, to + halo);
+            let whole = t.next_multiple_of(self.front_tile);
+            if whole != t {
+                self.front_input.clear();
+                self.front_input.extend_from_slice(input);
+                self.front_input.resize((whole + 2 * halo) * BANDS, 0.0);
+                input = &self.front_input;
+            }
+            let out = front_run(&mut self.front, input, 1, whole + 2 * halo, whole)?;
             for (h, o) in held.held.iter_mut().zip(&out) {
-                for (h, o) in h.iter_mut().zip(o.chunks_exact(t)) {
-                    h.extend_from_slice(o);
+                for (h, o) in h.iter_mut().zip(o.chunks_exact(whole)) {
+                    h.extend_from_slice(&o[..t]);
                 }
             }
             held.ready = to;

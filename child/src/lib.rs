@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod resample;
 pub mod runtime;
 pub mod serve;
+pub mod winograd;
 
 pub use infer::{Device, Engine, InferOptions, Musicnn};
 pub use pipeline::{embed_file, EmbedError, Embedding};

@@ -59,6 +59,10 @@ pub struct SharedCut {
     /// channel block may fill another's padding (`graph::pack_spare_filters`).
     #[serde(default)]
     pub pack_spare: Vec<String>,
+    /// Output frames per Winograd tile of the interior front-end's `timbral_convs`
+    /// (`graph::Model::winograd_time`); 0 or 1: direct convolutions.
+    #[serde(default)]
+    pub winograd_tile: usize,
 }
 
 /// See [`crate::graph::Conv1d`].
