@@ -6,7 +6,7 @@
 //!
 //! Not exact: the transforms round differently from a direct sum. [`POINTS`] are chosen
 //! for the error: with them `F(4, 7)` on the real filters is off by 8-9e-6 where a direct
-//! f32 sum is off by 3-4e-6 (outputs up to 6.6; MUSICNN.md's pipeline, numpy, against
+//! f32 sum is off by 3-4e-6 (outputs up to 6.6; a log-mel-like input, numpy, against
 //! f64), and the embeddings move by at most 1.4e-6 (cosine to Essentia's unchanged to 9
 //! decimals on the corpus).
 
