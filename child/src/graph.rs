@@ -565,18 +565,12 @@ impl Model {
             slice.output = vec![kept.clone()];
             let ins = [&members[h].pooled, &start, &end, &guest.slice_axis].map(String::as_str);
             g_nodes.push(node(&spare, "Slice", &ins, &[&spare], vec![]));
-            let axis = AttributeProto {
-                name: Some("axis".into()),
-                i: Some(1),
-                r#type: Some(AttributeType::Int as i32),
-                ..AttributeProto::default()
-            };
             g_nodes.push(node(
                 &format!("{p}/joined"),
                 "Concat",
                 &[&kept, &spare],
                 &[&guest.sliced],
-                vec![axis],
+                vec![int_attribute("axis", 1)],
             ));
         }
         sort_topologically(&mut self.graph)
@@ -688,6 +682,9 @@ impl Model {
             let ints = |n: &NodeProto, a: &str| {
                 (n.attribute.iter().find(|x| x.name() == a)).map(|x| x.ints.clone())
             };
+            if self.readers(weight).len() != 1 || self.readers(bias).len() != 1 {
+                return Err(GraphError::Malformed("convolution weights shared"));
+            }
             let (dims, w) = self.floats(weight)?;
             let (_, b) = self.floats(bias)?;
             let [filters, 1, taps, kf] = dims[..] else {
@@ -737,12 +734,14 @@ impl Model {
             let f32s = |m: &[f64]| m.iter().map(|&x| x as f32).collect::<Vec<_>>();
             let k = |s: &str| format!("{name}/winograd/{s}");
             let (nt, ft, tl) = (n as i64, filters as i64, tile as i64);
+            // Each Reshape's target shape is the initializer named after it.
             let shapes = [
-                ("points_shape", vec![0, nt, -1]),
-                ("pooled_shape", vec![0, tl * ft, -1, positions as i64]),
-                ("tiles_shape", vec![0, tl, ft, -1]),
-                ("frames_shape", vec![0, ft, -1, 1]),
+                ("points", vec![0, nt, -1]),
+                ("pooling", vec![0, tl * ft, -1, positions as i64]),
+                ("tiles", vec![0, tl, ft, -1]),
+                ("frames", vec![0, ft, -1, 1]),
             ];
+            let shape = |s: &str| k(&format!("{s}_shape"));
             let g = &mut self.graph;
             g.initializer
                 .retain(|x| x.name() != weight && x.name() != bias);
@@ -752,90 +751,54 @@ impl Model {
                 float_tensor(&k("at"), &[tl, nt], &f32s(&t.at)),
                 float_tensor(&k("bias"), &[1, ft, 1, 1], &b),
             ]);
-            for (s, d) in &shapes {
-                g.initializer.push(TensorProto {
-                    dims: vec![d.len() as i64],
-                    data_type: Some(DataType::Int64 as i32),
-                    name: Some(k(s)),
-                    raw_data: Some(d.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                    ..TensorProto::default()
-                });
-            }
-            let int = |a: &str, i: i64| AttributeProto {
-                name: Some(a.to_string()),
-                i: Some(i),
-                r#type: Some(AttributeType::Int as i32),
-                ..AttributeProto::default()
+            (g.initializer).extend(shapes.iter().map(|(s, d)| int64s_tensor(&shape(s), d)));
+            let reshape = |s: &str, from: &str, to: &str| {
+                node(&k(s), "Reshape", &[&k(from), &shape(s)], &[&k(to)], vec![])
             };
-            let at = |s: &str| k(s);
             let chain = [
                 node(
-                    &at("in"),
+                    &k("in"),
                     "Conv",
-                    &[input, &at("bt")],
-                    &[&at("u")],
+                    &[input, &k("bt")],
+                    &[&k("u")],
                     vec![
                         ints_attribute("kernel_shape", &[nt, 1]),
                         ints_attribute("strides", &[tl, 1]),
                     ],
                 ),
                 node(
-                    &at("mul"),
+                    &k("mul"),
                     "Conv",
-                    &[&at("u"), &at("filters")],
-                    &[&at("m")],
+                    &[&k("u"), &k("filters")],
+                    &[&k("m")],
                     vec![
                         ints_attribute("kernel_shape", &[1, kf as i64]),
-                        int("group", nt),
+                        int_attribute("group", nt),
                     ],
                 ),
+                reshape("points", "m", "m3"),
                 node(
-                    &at("points"),
-                    "Reshape",
-                    &[&at("m"), &at("points_shape")],
-                    &[&at("m3")],
-                    vec![],
-                ),
-                node(
-                    &at("out"),
+                    &k("out"),
                     "MatMul",
-                    &[&at("at"), &at("m3")],
-                    &[&at("y3")],
+                    &[&k("at"), &k("m3")],
+                    &[&k("y3")],
                     vec![],
                 ),
+                reshape("pooling", "y3", "y4"),
+                renamed(&pool, vec![k("y4")], &k("pooled")),
+                reshape("tiles", "pooled", "y5"),
                 node(
-                    &at("pooling"),
-                    "Reshape",
-                    &[&at("y3"), &at("pooled_shape")],
-                    &[&at("y4")],
-                    vec![],
-                ),
-                renamed(&pool, vec![at("y4")], &at("pooled")),
-                node(
-                    &at("tiles"),
-                    "Reshape",
-                    &[&at("pooled"), &at("tiles_shape")],
-                    &[&at("y5")],
-                    vec![],
-                ),
-                node(
-                    &at("order"),
+                    &k("order"),
                     "Transpose",
-                    &[&at("y5")],
-                    &[&at("y6")],
+                    &[&k("y5")],
+                    &[&k("y6")],
                     vec![ints_attribute("perm", &[0, 2, 3, 1])],
                 ),
+                reshape("frames", "y6", "y7"),
                 node(
-                    &at("frames"),
-                    "Reshape",
-                    &[&at("y6"), &at("frames_shape")],
-                    &[&at("y7")],
-                    vec![],
-                ),
-                node(
-                    &at("bias_add"),
+                    &k("bias_add"),
                     "Add",
-                    &[&at("y7"), &at("bias")],
+                    &[&k("y7"), &k("bias")],
                     &[&pool.output[0]],
                     vec![],
                 ),
@@ -1138,12 +1101,26 @@ fn float_tensor(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
 
 /// A one-element int64 tensor.
 fn int64_tensor(name: &str, value: i64) -> TensorProto {
+    int64s_tensor(name, &[value])
+}
+
+/// A 1-D int64 tensor.
+fn int64s_tensor(name: &str, values: &[i64]) -> TensorProto {
     TensorProto {
-        dims: vec![1],
+        dims: vec![values.len() as i64],
         data_type: Some(DataType::Int64 as i32),
         name: Some(name.to_string()),
-        raw_data: Some(value.to_le_bytes().to_vec()),
+        raw_data: Some(values.iter().flat_map(|x| x.to_le_bytes()).collect()),
         ..TensorProto::default()
+    }
+}
+
+fn int_attribute(name: &str, value: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.to_string()),
+        i: Some(value),
+        r#type: Some(AttributeType::Int as i32),
+        ..AttributeProto::default()
     }
 }
 
@@ -1807,6 +1784,12 @@ mod tests {
             .clone()
             .winograd_time(&["nothing".into()], 4, 8)
             .is_err());
+        let mut shared = direct.clone();
+        (shared.graph.node).push(conv("c2", &["x", "w", "b"], [7, 4], [0, 0, 0, 0]));
+        assert!(matches!(
+            shared.winograd_time(&["c".into()], 4, 8),
+            Err(GraphError::Malformed("convolution weights shared"))
+        ));
     }
 
     /// The real front-end with its timbral convolutions as F(4, 7) against the direct

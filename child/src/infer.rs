@@ -88,8 +88,6 @@ struct SharedEngine {
     /// The front-end takes whole tiles of this many output frames (its Winograd tile):
     /// a chunk is padded with zero frames to one, and the frames past it are dropped.
     front_tile: usize,
-    /// Output frames per front-end call at most.
-    front_chunk: usize,
     /// A chunk's mel frames when padded.
     front_input: Vec<f32>,
     head: Session,
@@ -216,10 +214,6 @@ impl Musicnn {
                 Sessions::Shared(Box::new(SharedEngine {
                     front: session(&models.front).map_err(corrupt)?,
                     front_tile: models.front_tile,
-                    front_chunk: match models.front_tile {
-                        1 => FRONT_CHUNK,
-                        _ => WINOGRAD_CHUNK,
-                    },
                     front_input: Vec::new(),
                     head: session(&models.head).map_err(corrupt)?,
                     tail: session(&models.tail).map_err(corrupt)?,
@@ -443,11 +437,11 @@ impl PatchEngine {
 impl SharedEngine {
     /// The shared engine on `patches` (`infer::SharedEngine::batch`, MUSICNN.md
     /// section 8): the timbral front-end runs over the track's interior once, in chunks
-    /// of at most [`FRONT_CHUNK`] frames ([`WINOGRAD_CHUNK`] in Winograd tiles) with no time padding (each chunk is given its
-    /// `halo` neighbours, so chunk borders are exact); each patch's first and last `halo`
-    /// frames are computed from the patch alone, padded as the whole model pads them
-    /// (the padding is a *normalized* zero, so it cannot be faked on the raw input); the
-    /// rest of the model runs per patch.
+    /// of at most [`FRONT_CHUNK`] frames ([`WINOGRAD_CHUNK`] in Winograd tiles) with no
+    /// time padding (each chunk is given its `halo` neighbours, so chunk borders are
+    /// exact); each patch's first and last `halo` frames are computed from the patch
+    /// alone, padded as the whole model pads them (the padding is a *normalized* zero, so
+    /// it cannot be faked on the raw input); the rest of the model runs per patch.
     fn batch(
         &mut self,
         mel: &Mel,
@@ -467,7 +461,11 @@ impl SharedEngine {
             clock = now;
         };
         while held.ready < need {
-            let to = (held.ready + self.front_chunk).min(need);
+            let chunk = match self.front_tile {
+                1 => FRONT_CHUNK,
+                _ => WINOGRAD_CHUNK,
+            };
+            let to = (held.ready + chunk).min(need);
             let t = to - held.ready;
             let mut input = mel.frames(held.ready - halo, to + halo);
             let whole = t.next_multiple_of(self.front_tile);
