@@ -11,6 +11,18 @@ use serde_json::Value;
 /// Protocol version of the `hello` extension.
 pub const PROTOCOL: u32 = 2;
 
+/// The handshake header in which lane 0 offers [`PROTOCOL`] and a server that speaks it
+/// answers with it (`docs/PROTOCOL.md`). Today's server ignores it and answers none, which
+/// tells the worker at once that it gives one job per connection.
+pub const PROTOCOL_HEADER: &str = "x-chaarfm-protocol";
+
+/// Whether a handshake answer's [`PROTOCOL_HEADER`] value announces protocol 2 or later.
+pub fn announces_protocol2(value: Option<&str>) -> bool {
+    value
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .is_some_and(|v| v >= PROTOCOL)
+}
+
 /// A download job's payload (`job_type` absent or `"download"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DownloadJob {
@@ -229,6 +241,15 @@ impl OutboxEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_version_of_2_or_more_announces_protocol_2() {
+        assert!(announces_protocol2(Some("2")));
+        assert!(announces_protocol2(Some(" 3 ")));
+        for no in [None, Some(""), Some("1"), Some("two"), Some("-2")] {
+            assert!(!announces_protocol2(no), "{no:?}");
+        }
+    }
 
     #[test]
     fn results_have_the_python_workers_shape() {

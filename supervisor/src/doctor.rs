@@ -508,12 +508,17 @@ async fn pairing_check(url: &str, base: &str, code: &str) -> Check {
     use server::probe::Handshake;
     let masked = server::names::mask(code);
     match server::probe::handshake(url, base, &masked).await {
-        Ok(mut ws) => {
-            let _ = ws.close(None).await;
+        Ok(mut opened) => {
+            let _ = opened.ws.close(None).await;
+            let speaks = if opened.protocol2 {
+                "it speaks protocol 2: one connection for every slot"
+            } else {
+                "today's protocol: one connection per slot"
+            };
             check(
                 "pairing",
                 Status::Ok,
-                format!("code {masked} accepted (connected and closed; no job taken)"),
+                format!("code {masked} accepted (connected and closed; no job taken); {speaks}"),
             )
         }
         Err(Handshake::Refused(r)) => check("pairing", Status::Fail, r.message),

@@ -34,12 +34,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chaarfm_shared::server::{announces_protocol2, PROTOCOL, PROTOCOL_HEADER};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 /// How the mock behaves.
@@ -52,6 +54,9 @@ pub struct MockConfig {
     pub refuse_other_codes: bool,
     /// `Some(slots)`: answer `hello` with a protocol-2 welcome.
     pub protocol2: Option<usize>,
+    /// With protocol 2: announce it in the handshake answer to a worker that offers it
+    /// (`docs/PROTOCOL.md`). Off: a protocol-2 server that says so only in its `welcome`.
+    pub announce: bool,
     pub audio_dir: PathBuf,
     /// Close every worker connection this long after it opened.
     pub drop_after: Option<Duration>,
@@ -69,6 +74,7 @@ impl MockConfig {
             code: "TEST42".into(),
             refuse_other_codes: false,
             protocol2: None,
+            announce: true,
             audio_dir,
             drop_after: None,
             garbage: false,
@@ -134,6 +140,8 @@ struct State {
     keepalive_hits: usize,
     pongs: usize,
     hellos: usize,
+    /// Handshakes that offered protocol 2 in their header.
+    offers: usize,
     connections: usize,
     /// Jobs put back in the queue: a connection closed holding them, or `release`d.
     requeued: usize,
@@ -615,6 +623,11 @@ impl Mock {
         self.state().hellos
     }
 
+    /// Handshakes that offered protocol 2 (`x-chaarfm-protocol`).
+    pub fn offers(&self) -> usize {
+        self.state().offers
+    }
+
     pub fn connections(&self) -> usize {
         self.state().connections
     }
@@ -798,6 +811,8 @@ async fn worker(sock: TcpStream, st: Arc<Mutex<State>>, cfg: Arc<MockConfig>) {
     let code = Arc::new(Mutex::new(None::<String>));
     let seen = Arc::clone(&code);
     let only = cfg.refuse_other_codes.then(|| cfg.code.clone());
+    let announce = cfg.protocol2.is_some() && cfg.announce;
+    let offers = Arc::clone(&st);
     // The callback's signature is tungstenite's; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
     let check = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
@@ -810,6 +825,19 @@ async fn worker(sock: TcpStream, st: Arc<Mutex<State>>, cfg: Arc<MockConfig>) {
         match c {
             Some(c) if only.as_ref().is_none_or(|o| *o == c) => {
                 *seen.lock().unwrap() = Some(c);
+                let offered = announces_protocol2(
+                    req.headers()
+                        .get(PROTOCOL_HEADER)
+                        .and_then(|v| v.to_str().ok()),
+                );
+                let mut resp = resp;
+                if offered {
+                    offers.lock().unwrap().offers += 1;
+                    if announce {
+                        resp.headers_mut()
+                            .insert(PROTOCOL_HEADER, HeaderValue::from(PROTOCOL));
+                    }
+                }
                 Ok(resp)
             }
             _ => {

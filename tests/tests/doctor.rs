@@ -83,6 +83,7 @@ fn doctor_passes_here_and_checks_the_code_without_taking_a_job() {
         pairing.contains("TE***") && !pairing.contains("TEST42"),
         "{pairing}"
     );
+    assert!(pairing.contains("today's protocol"), "{pairing}");
     // The doctor connected (the mock handed it the job) and closed: the job is back in
     // the queue and nothing was worked.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -92,6 +93,20 @@ fn doctor_passes_here_and_checks_the_code_without_taking_a_job() {
     assert_eq!(mock.queued(), 1, "the job went back to the queue");
     assert!(mock.connections() >= 1);
     assert!(mock.received().is_empty() && mock.stored_len() == 0);
+
+    // A server that announces protocol 2 in its handshake answer is named as such.
+    let mut cfg = MockConfig::new(corpus_dir());
+    cfg.protocol2 = Some(3);
+    let v2 = Mock::start(cfg);
+    let url = v2.base_url();
+    let (code, checks) = doctor(
+        &["--url", &url, "--code", "TEST42", "--state-dir", &state_s],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{checks:#?}");
+    let (_, pairing) = find(&checks, "pairing");
+    assert!(pairing.contains("it speaks protocol 2"), "{pairing}");
+    assert_eq!(v2.offers(), 1);
 }
 
 #[test]

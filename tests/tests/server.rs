@@ -35,9 +35,14 @@ fn status(v: &Value) -> &str {
 }
 
 /// Every corpus file as a job; every vector stored and within cosine 0.9999 of Essentia's.
-fn corpus_end_to_end(protocol2: Option<usize>) -> Mock {
+/// Returns the mock and the worker's stderr.
+fn corpus_end_to_end(protocol2: Option<usize>) -> (Mock, String) {
     let mut cfg = MockConfig::new(corpus_dir());
     cfg.protocol2 = protocol2;
+    corpus_end_to_end_on(cfg)
+}
+
+fn corpus_end_to_end_on(cfg: MockConfig) -> (Mock, String) {
     let mock = Mock::start(cfg);
     let refs = references();
     for name in refs.keys() {
@@ -80,14 +85,20 @@ fn corpus_end_to_end(protocol2: Option<usize>) -> Mock {
         })
         .unwrap_or_default();
     assert!(left.is_empty(), "outbox not empty: {left:?}");
-    mock
+    (mock, stderr)
 }
 
 #[test]
 fn end_to_end_against_todays_server() {
-    let mock = corpus_end_to_end(None);
-    // No welcome: one connection per slot (2 children + 1).
+    let (mock, stderr) = corpus_end_to_end(None);
+    // Protocol 2 offered, not announced back: one connection per slot (2 children + 1),
+    // opened without waiting for a welcome (`server::decide_protocol`'s tests show when).
+    assert!(mock.offers() >= 1, "lane 0 did not offer protocol 2");
     assert_eq!(mock.hellos(), 1);
+    assert!(
+        stderr.contains("today's server: one job per connection; opening 2 more connection(s)"),
+        "stderr:\n{stderr}"
+    );
     assert!(
         mock.connections() >= 3,
         "only {} connection(s): no lanes were opened",
@@ -97,8 +108,34 @@ fn end_to_end_against_todays_server() {
 
 #[test]
 fn end_to_end_against_a_protocol_2_server() {
-    let mock = corpus_end_to_end(Some(3));
+    let (mock, stderr) = corpus_end_to_end(Some(3));
     assert_eq!(mock.connections(), 1, "protocol 2 needs one connection");
+    assert!(
+        stderr.contains("server speaks protocol 2"),
+        "stderr:\n{stderr}"
+    );
+}
+
+/// A protocol-2 server that says so only in its welcome, not in its handshake answer, is
+/// taken for today's at first: lanes open, then lane 0 is welcomed. Mixed like that, every
+/// job is still done once and every result delivered and acknowledged.
+#[test]
+fn a_protocol_2_server_that_does_not_announce_it_loses_nothing() {
+    let mut cfg = MockConfig::new(corpus_dir());
+    cfg.protocol2 = Some(3);
+    cfg.announce = false;
+    let (mock, stderr) = corpus_end_to_end_on(cfg);
+    assert_eq!(mock.hellos(), 1);
+    assert!(
+        stderr.contains("today's server: one job per connection"),
+        "stderr:\n{stderr}"
+    );
+    assert!(
+        mock.connections() >= 3,
+        "{} connection(s)",
+        mock.connections()
+    );
+    assert_eq!(mock.duplicates(), 0, "a job was done twice");
 }
 
 #[test]

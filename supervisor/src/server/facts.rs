@@ -15,6 +15,7 @@ pub struct Published {
 
 pub(super) struct Out {
     pub(super) connected: watch::Sender<bool>,
+    pub(super) announced: watch::Sender<Option<bool>>,
     pub(super) welcome: watch::Sender<Option<usize>>,
     pub(super) draining: watch::Sender<bool>,
 }
@@ -26,6 +27,9 @@ pub struct Watch {
     pub intake: watch::Receiver<Intake>,
     /// Whether any lane is connected now (the status line, `/metrics`).
     pub connected: watch::Receiver<bool>,
+    /// What lane 0's first handshake answer said: `Some(true)` if the server announced
+    /// protocol 2 in it, `Some(false)` if not (today's server); `None` before it.
+    pub announced: watch::Receiver<Option<bool>>,
     /// `Some(slots)` once the server said `welcome` (protocol 2): it never deletes a
     /// session for a closed connection, and takes hand-backs as `release`.
     pub welcome: watch::Receiver<Option<usize>>,
@@ -38,12 +42,14 @@ impl Published {
     pub fn new(intake: Intake) -> (Published, Watch) {
         let (intake, intake_rx) = watch::channel(intake);
         let (connected, connected_rx) = watch::channel(false);
+        let (announced, announced_rx) = watch::channel(None);
         let (welcome, welcome_rx) = watch::channel(None);
         let (draining, draining_rx) = watch::channel(false);
         let published = Published {
             intake: Arc::new(intake),
             out: Out {
                 connected,
+                announced,
                 welcome,
                 draining,
             },
@@ -51,6 +57,7 @@ impl Published {
         let watch = Watch {
             intake: intake_rx,
             connected: connected_rx,
+            announced: announced_rx,
             welcome: welcome_rx,
             draining: draining_rx,
         };

@@ -80,6 +80,8 @@ pub struct Summary {
 
 enum Event {
     AddLane(oneshot::Sender<LaneHandle>),
+    /// Lane 0's handshake answer: whether it announced protocol 2.
+    Announced(bool),
     /// The server said `welcome` (protocol 2) with its number of slots.
     Welcome(usize),
     /// The state dir can be written again (`server::recover::disk`).
@@ -171,6 +173,12 @@ impl Hub {
     /// A drain started: jobs held until intake reopens are handed back.
     pub fn drain(&self) {
         let _ = self.0.send(Event::Drain);
+    }
+
+    /// Lane 0's handshake answer announced protocol 2, or did not. The first one counts:
+    /// connect mode decides the protocol once.
+    pub fn announced(&self, protocol2: bool) {
+        let _ = self.0.send(Event::Announced(protocol2));
     }
 
     /// The server said `welcome`: protocol 2, `slots` jobs outstanding.
@@ -339,6 +347,15 @@ impl State {
                     id: self.lanes.len() - 1,
                     cmds: cmds_rx,
                     view: view_rx,
+                });
+            }
+            Event::Announced(protocol2) => {
+                self.out.announced.send_if_modified(|a| {
+                    let first = a.is_none();
+                    if first {
+                        *a = Some(protocol2);
+                    }
+                    first
                 });
             }
             Event::Welcome(slots) => {
@@ -921,6 +938,17 @@ mod tests {
         // Protocol 2 never deletes a session for a closed connection.
         f.hub.welcome(3);
         assert!(f.hub.may_close(a.id).await);
+    }
+
+    #[tokio::test]
+    async fn the_first_handshake_answer_is_the_one_published() {
+        let f = fixture("announced");
+        assert_eq!(*f.watch.announced.borrow(), None);
+        f.hub.announced(false);
+        // A later reconnect's answer does not change a decision taken on the first.
+        f.hub.announced(true);
+        f.hub.summary().await; // the hub handled the events before it answers
+        assert_eq!(*f.watch.announced.borrow(), Some(false));
     }
 
     #[tokio::test]

@@ -89,7 +89,12 @@ pub async fn run(ctx: Arc<Ctx>, mut lane: Lane) -> Option<String> {
             return None;
         }
         let ws = match probe::handshake(&ctx.url, &ctx.base, &ctx.masked_code).await {
-            Ok(ws) => ws,
+            Ok(opened) => {
+                if id == 0 {
+                    lane.hub.announced(opened.protocol2);
+                }
+                opened.ws
+            }
             Err(probe::Handshake::Refused(r)) => return Some(r.message),
             Err(e) => {
                 match e {

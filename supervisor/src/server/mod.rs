@@ -1,10 +1,12 @@
 //! Connect mode: `chaarfm-super --code CODE`. One machine, one worker with many slots.
 //!
-//! - Lane 0 connects to `{base}/ws/remote/{code}/worker` and says `hello` (protocol 2,
-//!   slots = children + 1). A server that answers `welcome` keeps up to its `slots` jobs
-//!   outstanding on that one connection and acknowledges results. Today's server ignores
-//!   the hello; after 3 s without a welcome, more lanes (connections) are opened, one per
-//!   extra slot, since it gives one job per connection (`--lanes off` keeps one).
+//! - Lane 0 connects to `{base}/ws/remote/{code}/worker`, offering protocol 2 in a
+//!   handshake header, and says `hello` (slots = children + 1). A server that announces
+//!   protocol 2 in its handshake answer and says `welcome` keeps up to its `slots` jobs
+//!   outstanding on that one connection and acknowledges results. Today's server answers
+//!   without the header, so at once (or after 3 s without the welcome announced) more
+//!   lanes (connections) are opened, one per extra slot, since it gives one job per
+//!   connection (`--lanes off` keeps one).
 //! - Every lane (`server::lane`) reconnects after any loss (`Backoff::reconnect`: 2 s,
 //!   x1.5, at most 60 s, reset after a stable connection). A 401/403 on the handshake is a bad code, another
 //!   4xx a URL without a worker endpoint: stop. A ping every 10 s; 30 s without hearing
@@ -71,7 +73,8 @@ use outbox::Outbox;
 
 pub use recover::probe_disk;
 
-/// How long to wait for a `welcome` before assuming today's one-job-per-connection server.
+/// How long a server that announced protocol 2 in its handshake has to say `welcome`
+/// before it is taken for today's one-job-per-connection server.
 const WELCOME_WAIT: Duration = Duration::from_secs(3);
 /// Keepalive period (the hosting platform sleeps idle servers).
 const KEEPALIVE: Duration = Duration::from_secs(600);
@@ -296,16 +299,7 @@ pub async fn run(
         background.spawn(metrics::serve(l, Arc::clone(&ctx), hub.clone()));
     }
 
-    let mut connected = watch.connected.clone();
-    let mut welcome = watch.welcome.clone();
-    // Legacy or protocol 2: decided once, on the first connection.
-    let decide = async {
-        let _ = connected.wait_for(|c| *c).await;
-        match tokio::time::timeout(WELCOME_WAIT, welcome.wait_for(|w| w.is_some())).await {
-            Ok(Ok(w)) => *w,
-            _ => None,
-        }
-    };
+    let decide = decide_protocol(watch.clone());
     tokio::pin!(decide);
     let mut decided = false;
     let mut stopping = false;
@@ -317,12 +311,12 @@ pub async fn run(
                     _ if stopping => {}
                     Some(m) => tracing::info!(server_slots = m, "server speaks protocol 2: one connection, {m} jobs outstanding"),
                     None if opts.lanes => {
-                        tracing::info!("no welcome: today's server, one job per connection; opening {} more connection(s)", slots - 1);
+                        tracing::info!("today's server: one job per connection; opening {} more connection(s)", slots - 1);
                         for _ in 1..slots {
                             spawn_lane(&ctx, &hub, &mut lanes).await;
                         }
                     }
-                    None => tracing::info!("no welcome and --lanes off: one connection, one job at a time"),
+                    None => tracing::info!("today's server and --lanes off: one connection, one job at a time"),
                 }
             }
             _ = signals.next() => {
@@ -391,6 +385,26 @@ pub async fn run(
     Ok(if lost > 0 { Exit::Lost(lost) } else { Exit::Ok })
 }
 
+/// Legacy or protocol 2, decided once, from lane 0's first handshake: `Some(slots)` for
+/// protocol 2. A server that did not announce protocol 2 in it is today's, known at once,
+/// so the extra lanes open without a wait (their children would idle meanwhile); one that
+/// did has [`WELCOME_WAIT`] to say `welcome`.
+async fn decide_protocol(mut watch: facts::Watch) -> Option<usize> {
+    let announced = watch
+        .announced
+        .wait_for(Option::is_some)
+        .await
+        .ok()?
+        .unwrap_or(false);
+    if !announced {
+        return None;
+    }
+    match tokio::time::timeout(WELCOME_WAIT, watch.welcome.wait_for(Option::is_some)).await {
+        Ok(Ok(w)) => *w,
+        _ => None,
+    }
+}
+
 async fn spawn_lane(ctx: &Arc<Ctx>, hub: &Hub, set: &mut tokio::task::JoinSet<Option<String>>) {
     if let Some(me) = hub.add_lane().await {
         let lane = lane::Lane {
@@ -415,5 +429,47 @@ mod tests {
             tokio::task::yield_now().await;
         }
         cond()
+    }
+
+    use super::facts::Published;
+    use super::intake::Intake;
+    use super::{decide_protocol, WELCOME_WAIT};
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_does_not_announce_protocol_2_is_todays_at_once() {
+        let (published, watch) = Published::new(Intake::Open);
+        let t0 = Instant::now();
+        let decide = tokio::spawn(decide_protocol(watch));
+        // Undecided while no handshake has answered, however long that takes.
+        tokio::time::sleep(WELCOME_WAIT * 100).await;
+        assert!(!decide.is_finished());
+        let answered = Instant::now();
+        published.out.announced.send_replace(Some(false));
+        assert_eq!(decide.await.unwrap(), None);
+        assert_eq!(Instant::now() - answered, std::time::Duration::ZERO);
+        assert_eq!(answered - t0, WELCOME_WAIT * 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_announces_protocol_2_has_its_welcome_awaited() {
+        let (published, watch) = Published::new(Intake::Open);
+        published.out.announced.send_replace(Some(true));
+        let t0 = Instant::now();
+        let decide = tokio::spawn(decide_protocol(watch));
+        tokio::time::sleep(WELCOME_WAIT / 2).await;
+        assert!(!decide.is_finished());
+        published.out.welcome.send_replace(Some(3));
+        assert_eq!(decide.await.unwrap(), Some(3));
+        assert_eq!(Instant::now() - t0, WELCOME_WAIT / 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_announced_server_without_a_welcome_is_taken_for_todays_after_the_wait() {
+        let (published, watch) = Published::new(Intake::Open);
+        published.out.announced.send_replace(Some(true));
+        let t0 = Instant::now();
+        assert_eq!(decide_protocol(watch).await, None);
+        assert_eq!(Instant::now() - t0, WELCOME_WAIT);
     }
 }

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
+use chaarfm_shared::server::{announces_protocol2, PROTOCOL, PROTOCOL_HEADER};
 use tokio_tungstenite::tungstenite;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::HeaderValue;
 
 /// A worker connection.
 pub type Ws =
@@ -61,10 +64,29 @@ impl Refusal {
     }
 }
 
-/// Opens a worker connection to `url` (from `server::worker_url`), bounded in time.
-pub async fn handshake(url: &str, base: &str, masked_code: &str) -> Result<Ws, Handshake> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::connect_async(url)).await {
-        Ok(Ok((ws, _))) => Ok(ws),
+/// An open worker connection.
+pub struct Opened {
+    pub ws: Ws,
+    /// The server announced protocol 2 in its handshake answer ([`PROTOCOL_HEADER`]).
+    pub protocol2: bool,
+}
+
+/// Opens a worker connection to `url` (from `server::worker_url`), bounded in time,
+/// offering protocol 2 in its [`PROTOCOL_HEADER`].
+pub async fn handshake(url: &str, base: &str, masked_code: &str) -> Result<Opened, Handshake> {
+    let mut req = url
+        .into_client_request()
+        .map_err(|e| Handshake::Failed(e.to_string()))?;
+    req.headers_mut()
+        .insert(PROTOCOL_HEADER, HeaderValue::from(PROTOCOL));
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::connect_async(req)).await {
+        Ok(Ok((ws, answer))) => {
+            let said = answer.headers().get(PROTOCOL_HEADER);
+            Ok(Opened {
+                ws,
+                protocol2: announces_protocol2(said.and_then(|v| v.to_str().ok())),
+            })
+        }
         Ok(Err(tungstenite::Error::Http(resp))) if resp.status().is_client_error() => Err(
             Handshake::Refused(Refusal::new(resp.status().as_u16(), base, masked_code)),
         ),
