@@ -2,8 +2,10 @@
 //! connection semantics, or protocol 2 with `--protocol2`) serves the corpus x4 as download
 //! jobs; `chaarfm-super --workers auto` downloads, embeds and returns them. Prints x realtime.
 //!
-//! Run: `cargo bench -p chaarfm-tests --bench server [-- --protocol2] [--engine patch|shared]`
-//! (after `cargo build --release`).
+//! Run: `cargo bench -p chaarfm-tests --bench server [-- --protocol2] [--engine patch|shared]
+//! [--download-delay-ms N]` (after `cargo build --release`). The delay makes every download
+//! wait N ms before its first byte, as a download from YouTube takes seconds where one
+//! over loopback takes none.
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,13 @@ fn main() -> anyhow::Result<()> {
         .position(|a| a == "--engine")
         .and_then(|i| args.get(i + 1))
         .map_or("shared", String::as_str);
+    let delay_ms: u64 = match args.iter().position(|a| a == "--download-delay-ms") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("--download-delay-ms takes a number of milliseconds"))?,
+        None => 0,
+    };
     let audio = TempDir::new("bench-server-audio");
     let mut seconds = 0.0;
     let mut names = Vec::new();
@@ -40,6 +49,7 @@ fn main() -> anyhow::Result<()> {
     });
     let mut cfg = MockConfig::new(audio.path().to_path_buf());
     cfg.protocol2 = p2.then_some(3);
+    cfg.audio_delay = Duration::from_millis(delay_ms);
     let mock = Mock::start(cfg);
     for n in &names {
         mock.add_audio_job(n);
@@ -77,7 +87,7 @@ fn main() -> anyhow::Result<()> {
     );
     let stored = mock.stored().len();
     println!(
-        "{} mode, --engine {engine}: {} jobs ({seconds:.0} s of audio) in {wall:.1} s = {:.1}x realtime end to end over loopback, {stored} stored, {} connection(s)",
+        "{} mode, --engine {engine}, downloads delayed {delay_ms} ms: {} jobs ({seconds:.0} s of audio) in {wall:.1} s = {:.1}x realtime end to end over loopback, {stored} stored, {} connection(s)",
         if p2 { "protocol-2" } else { "legacy" },
         names.len(),
         seconds / wall,

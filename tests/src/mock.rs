@@ -65,6 +65,9 @@ pub struct MockConfig {
     pub garbage: bool,
     /// With protocol 2: acknowledge results (off: results stay in the worker's outbox).
     pub ack: bool,
+    /// How long `/audio/` waits before it answers: a download that takes seconds, as
+    /// yt-dlp's from YouTube does (the server bench's `--download-delay-ms`).
+    pub audio_delay: Duration,
     pub port: u16,
 }
 
@@ -79,6 +82,7 @@ impl MockConfig {
             drop_after: None,
             garbage: false,
             ack: true,
+            audio_delay: Duration::ZERO,
             port: 0,
         }
     }
@@ -784,6 +788,7 @@ async fn handle(mut sock: TcpStream, st: Arc<Mutex<State>>, cfg: Arc<MockConfig>
             *n += 1;
             *n == 1
         };
+        tokio::time::sleep(cfg.audio_delay).await;
         match audio_file(name).map(std::fs::read) {
             Some(Ok(bytes)) if cut_now => {
                 // Announce it all, send a third, and close: a cut connection.
