@@ -11,8 +11,8 @@ use std::time::Duration;
 use chaarfm_child::{embed_file, model, InferOptions, Musicnn};
 use chaarfm_tests::mock::{Mock, MockConfig};
 use chaarfm_tests::{
-    binary, corpus_dir, cosine, kill_random_child, make_clips, references, stop, stop_with_output,
-    wait_until, Spawned, TempDir, CHAOS_KILLS,
+    binary, corpus_dir, cosine, kill_random_child, make_clips, make_clips_between, references,
+    stop, stop_with_output, wait_until, Spawned, TempDir, CHAOS_KILLS,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -104,6 +104,63 @@ fn end_to_end_against_todays_server() {
         "only {} connection(s): no lanes were opened",
         mock.connections()
     );
+    // Downloads over loopback take no time next to the embeddings: no more lanes.
+    assert!(
+        !stderr.contains("so the children are not kept waiting"),
+        "stderr:\n{stderr}"
+    );
+}
+
+/// Downloads that take far longer than their embeddings (1 s against an 8-s clip's
+/// ~0.1 s) keep the children waiting with children + 1 jobs in hand, so connect mode
+/// opens more connections to today's server (`server::pace`), up to 4 x children + 1.
+#[test]
+fn slow_downloads_get_more_connections_to_todays_server() {
+    let audio = TempDir::new("pace-audio");
+    let clips = make_clips_between(audio.path(), 10, 7, 8);
+    let mut cfg = MockConfig::new(audio.path().to_path_buf());
+    cfg.audio_delay = Duration::from_secs(1);
+    let mock = Mock::start(cfg);
+    for c in &clips {
+        mock.add_audio_job(&c.file_name().unwrap().to_string_lossy());
+    }
+    let state = TempDir::new("pace");
+    let sup = start_super(&mock, state.path(), &["--workers", "1"], &[]);
+    let all = mock.wait_results(clips.len(), Duration::from_secs(300));
+    let (code, _, stderr) = stop_with_output(sup);
+    assert!(
+        all,
+        "only {} of {} results; stderr:\n{stderr}",
+        mock.received().len(),
+        clips.len()
+    );
+    assert_eq!(code, Some(0), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("5 in all, so the children are not kept waiting"),
+        "stderr:\n{stderr}"
+    );
+    assert!(
+        mock.connections() >= 5,
+        "{} connection(s)",
+        mock.connections()
+    );
+    assert_eq!(
+        mock.duplicates(),
+        0,
+        "a job was done twice; received {:#?}",
+        mock.received()
+            .iter()
+            .map(|r| (r.job_id.clone(), r.msg.clone()))
+            .collect::<Vec<_>>()
+    );
+    for r in mock.received() {
+        assert!(
+            r.known && status(&r.msg) == "success",
+            "{} {}",
+            r.known,
+            r.msg
+        );
+    }
 }
 
 #[test]

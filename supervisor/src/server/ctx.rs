@@ -34,6 +34,8 @@ pub struct Ctx {
     pub updater: youtube::Updater,
     /// Downloads in flight: job id -> when it started (the status line shows their age).
     pub downloads: std::sync::Mutex<HashMap<String, Instant>>,
+    /// Each job's download and embedding times, and the jobs wanted in hand from them.
+    pub pace: super::pace::Pace,
     pub(super) url: String,
     pub(super) masked_url: String,
     /// The pairing code as logs and errors may show it.
@@ -41,7 +43,8 @@ pub struct Ctx {
     pub(super) base: String,
     /// What the hub publishes: intake, connected, welcome, the drain.
     pub(super) watch: Watch,
-    /// Children in the pool, and children + 1 slots: the next download overlaps inference.
+    /// Children in the pool, and children + 1 slots at start: the next download overlaps
+    /// inference (against today's server `pace` may add more).
     pub(super) children: usize,
     pub(super) slots: usize,
     /// When connect mode started (the run's figures).

@@ -6,7 +6,8 @@
 //!   outstanding on that one connection and acknowledges results. Today's server answers
 //!   without the header, so at once (or after 3 s without the welcome announced) more
 //!   lanes (connections) are opened, one per extra slot, since it gives one job per
-//!   connection (`--lanes off` keeps one).
+//!   connection (`--lanes off` keeps one). When downloads take long next to embeddings
+//!   (YouTube's seconds), `pace` asks for more, up to 4 x children + 1, and more lanes open.
 //! - Every lane (`server::lane`) reconnects after any loss (`Backoff::reconnect`: 2 s,
 //!   x1.5, at most 60 s, reset after a stable connection). A 401/403 on the handshake is a bad code, another
 //!   4xx a URL without a worker endpoint: stop. A ping every 10 s; 30 s without hearing
@@ -37,6 +38,7 @@ pub mod lane;
 pub mod metrics;
 pub mod names;
 pub mod outbox;
+pub mod pace;
 pub mod page;
 pub mod probe;
 pub mod protocol;
@@ -237,6 +239,7 @@ pub async fn run(
         breaker: Default::default(),
         updater: youtube::Updater::new(&opts.state_dir),
         downloads: Default::default(),
+        pace: pace::Pace::new(children),
         url,
         masked_url,
         masked_code: mask(&opts.code),
@@ -302,6 +305,9 @@ pub async fn run(
     let decide = decide_protocol(watch.clone());
     tokio::pin!(decide);
     let mut decided = false;
+    // Against today's server with --lanes: the connections opened, and how many are wanted.
+    let mut opened: Option<usize> = None;
+    let mut wanted = ctx.pace.subscribe();
     let mut stopping = false;
     let stopped: Option<String> = loop {
         tokio::select! {
@@ -315,8 +321,21 @@ pub async fn run(
                         for _ in 1..slots {
                             spawn_lane(&ctx, &hub, &mut lanes).await;
                         }
+                        opened = Some(slots);
                     }
                     None => tracing::info!("today's server and --lanes off: one connection, one job at a time"),
+                }
+            }
+            Ok(()) = wanted.changed(), if opened.is_some() && !stopping => {
+                let want = *wanted.borrow_and_update();
+                let have = opened.unwrap_or(want);
+                if want > have {
+                    let (d, e) = ctx.pace.averages();
+                    tracing::info!("downloads take {d:.1} s a job against {e:.1} s of embedding: opening {} more connection(s), {want} in all, so the children are not kept waiting", want - have);
+                    for _ in have..want {
+                        spawn_lane(&ctx, &hub, &mut lanes).await;
+                    }
+                    opened = Some(want);
                 }
             }
             _ = signals.next() => {

@@ -374,12 +374,17 @@ async fn download_and_embed(ctx: &Ctx, job_id: &str, d: &DownloadJob) -> Result<
         stem: &stem,
     };
     let source = Source::of(d)?;
+    let fetching = Instant::now();
     let got = {
         let _flight = InFlight::start(ctx, job_id);
         fetch_audio(ctx, &source, &stem).await?
     };
+    let embedding = Instant::now();
     let out = match ctx.pool.embed(got.path.clone(), false).await {
-        Ok(out) => out,
+        Ok(out) => {
+            ctx.pace.observe(embedding - fetching, embedding.elapsed());
+            out
+        }
         Err(e) if e.is_local() => {
             return Err(Fail::Local(LocalFault {
                 kind: LocalKind::Pool,
