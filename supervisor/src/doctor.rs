@@ -511,7 +511,7 @@ async fn pairing_check(url: &str, base: &str, code: &str) -> Check {
         Ok(mut opened) => {
             let _ = opened.ws.close(None).await;
             let speaks = if opened.protocol2 {
-                "it speaks protocol 2: one connection for every slot"
+                "it speaks protocol 2: one connection carries every slot"
             } else {
                 "today's protocol: one connection per slot"
             };

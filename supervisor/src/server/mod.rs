@@ -274,7 +274,7 @@ pub async fn run(
     let (hub, hub_task) = Hub::start(Arc::clone(&ctx.outbox), published, facts, runner);
     tracing::info!(url = %ctx.masked_url, slots, "connecting to ChaarFM");
     let mut lanes = tokio::task::JoinSet::new();
-    spawn_lane(&ctx, &hub, &mut lanes).await;
+    spawn_lanes(&ctx, &hub, &mut lanes, 1).await;
     let background = Background {
         tracker: TaskTracker::new(),
         stop: CancellationToken::new(),
@@ -318,9 +318,7 @@ pub async fn run(
                     Some(m) => tracing::info!(server_slots = m, "server speaks protocol 2: one connection, {m} jobs outstanding"),
                     None if opts.lanes => {
                         tracing::info!("today's server: one job per connection; opening {} more connection(s)", slots - 1);
-                        for _ in 1..slots {
-                            spawn_lane(&ctx, &hub, &mut lanes).await;
-                        }
+                        spawn_lanes(&ctx, &hub, &mut lanes, slots - 1).await;
                         opened = Some(slots);
                     }
                     None => tracing::info!("today's server and --lanes off: one connection, one job at a time"),
@@ -328,13 +326,10 @@ pub async fn run(
             }
             Ok(()) = wanted.changed(), if opened.is_some() && !stopping => {
                 let want = *wanted.borrow_and_update();
-                let have = opened.unwrap_or(want);
-                if want > have {
+                if let Some(have) = opened.filter(|&have| want > have) {
                     let (d, e) = ctx.pace.averages();
                     tracing::info!("downloads take {d:.1} s a job against {e:.1} s of embedding: opening {} more connection(s), {want} in all, so the children are not kept waiting", want - have);
-                    for _ in have..want {
-                        spawn_lane(&ctx, &hub, &mut lanes).await;
-                    }
+                    spawn_lanes(&ctx, &hub, &mut lanes, want - have).await;
                     opened = Some(want);
                 }
             }
@@ -424,8 +419,17 @@ async fn decide_protocol(mut watch: facts::Watch) -> Option<usize> {
     }
 }
 
-async fn spawn_lane(ctx: &Arc<Ctx>, hub: &Hub, set: &mut tokio::task::JoinSet<Option<String>>) {
-    if let Some(me) = hub.add_lane().await {
+/// Opens `n` more lanes.
+async fn spawn_lanes(
+    ctx: &Arc<Ctx>,
+    hub: &Hub,
+    set: &mut tokio::task::JoinSet<Option<String>>,
+    n: usize,
+) {
+    for _ in 0..n {
+        let Some(me) = hub.add_lane().await else {
+            return;
+        };
         let lane = lane::Lane {
             hub: hub.clone(),
             me,

@@ -102,12 +102,10 @@ fn wanted(children: usize, download: f64, embed: f64, most: usize) -> usize {
     if !(usable(download) && usable(embed)) {
         return least;
     }
-    let downloading = (children as f64 * download / embed).floor();
-    let extra = if downloading.is_finite() {
-        downloading.min(most as f64) as usize
-    } else {
-        most
-    };
+    // An infinite ratio (a vanishing embedding) is capped like any large one.
+    let extra = (children as f64 * download / embed)
+        .floor()
+        .min(most as f64) as usize;
     (least + extra).min(most).max(least)
 }
 
@@ -126,6 +124,11 @@ mod tests {
         assert_eq!(wanted(1, 5.0, 1.0, 5), 5);
         // Never past the cap, whatever the figures.
         assert_eq!(wanted(2, 1000.0, 0.001, 9), 9);
+        assert_eq!(
+            wanted(2, 1.0, 1e-310, 9),
+            9,
+            "a ratio that overflows to infinity"
+        );
         for bad in [f64::NAN, f64::INFINITY, -1.0] {
             assert_eq!(wanted(2, bad, 2.0, 9), 3, "{bad}");
             assert_eq!(wanted(2, 2.0, bad, 9), 3, "{bad}");
